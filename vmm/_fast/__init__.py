@@ -1,0 +1,1 @@
+"""Cython hot paths (vCPU run loop, bus lookup, virtqueue walking); GIL released, no Python objects inside."""

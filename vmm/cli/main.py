@@ -1,0 +1,112 @@
+"""`mm` entry point: lazy command dispatch and the one place errors are printed.
+
+Only the module of the command being run is imported (pip's trick), so `mm --version`
+and `mm ps` start fast. Every command module exposes `register(app)` adding its typer
+command(s) or sub-app; add a line to COMMANDS to add a command.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# command name -> module defining it. A module may define several names (list each).
+COMMANDS: dict[str, str] = {
+    "doctor": "vmm.cli.doctor",
+    "kernel": "vmm.cli.kernel",
+    "lab": "vmm.cli.lab",
+    "boot": "vmm.cli.boot",
+    "image": "vmm.cli.image",
+    "network": "vmm.cli.network",
+}
+
+GLOBAL_HELP = "micromachines: boot OCI images as KVM microVMs."
+
+
+def _first_command(argv: list[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_app(only: str | None = None):
+    """The typer app with every command, or just `only` when it is a known command."""
+    import importlib
+
+    import typer
+
+    app = typer.Typer(
+        help=GLOBAL_HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    modules = [COMMANDS[only]] if only in COMMANDS else sorted(set(COMMANDS.values()))
+    for name in modules:
+        importlib.import_module(name).register(app)
+    if len(modules) == 1:
+        # typer collapses a single command into the root; a hidden no-op keeps `mm NAME ...` routing.
+        @app.command("_noop", hidden=True)
+        def _noop() -> None:  # pragma: no cover - never called
+            pass
+
+    return app
+
+
+def print_error(err, stream=None) -> None:
+    stream = stream or sys.stderr
+    print(f"error: {err.message}", file=stream)
+    if err.hint:
+        print(f"hint: {err.hint}", file=stream)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("MM_DEBUG") == "1"
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
+        os.environ["MM_DEBUG"] = "1"
+    if argv[:1] in (["--version"], ["-V"]):
+        from vmm import __version__
+
+        print(f"mm {__version__}")
+        return 0
+
+    from vmm.errors import ExitStatus, MMError
+
+    try:
+        app = build_app(_first_command(argv))
+        result = app(args=argv, prog_name="mm", standalone_mode=False)
+        return int(result or 0)
+    except MMError as err:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print_error(err)
+        return int(err.exit_status)
+    except KeyboardInterrupt:
+        return int(ExitStatus.INTERRUPTED)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:  # click's usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return int(ExitStatus.INTERRUPTED)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if debug:
+            raise
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
+        return int(ExitStatus.ERROR)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
