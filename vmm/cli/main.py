@@ -91,22 +91,26 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitStatus.INTERRUPTED)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except Exception as exc:  # click's usage errors and the unexpected
-        import click
+    except Exception as exc:  # typer's (vendored click's) usage errors and the unexpected
+        import typer
+        from typer.exceptions import TyperException
 
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, typer.Exit):
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, typer.Abort):
             return int(ExitStatus.INTERRUPTED)
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if isinstance(exc, TyperException):
+            show = getattr(exc, "show", None)
+            if show:
+                show()
+            else:
+                print(f"error: {exc.format_message()}", file=sys.stderr)
             return exc.exit_code
         if debug:
             raise
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
         return int(ExitStatus.ERROR)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
