@@ -1,0 +1,275 @@
+"""The worker's answers to the control API, and the record of how its VM ended.
+
+Runs on the loop thread only. The VM's console output arrives from vCPU threads through
+`console_sink` (appended to console.log at once, forwarded to attached consoles via the
+loop); the VM's end arrives from a waiter thread through `call_soon_threadsafe`. State
+changes are written to the store as they happen, each checked against this worker's
+start generation.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from vmm.api import protocol
+from vmm.api.errors import BadArgument, Unavailable, WrongState
+from vmm.api.server import DEFERRED, Connection
+from vmm.machines import InvalidTransition, Machines, State
+from vmm.worker.loop import Loop, Timer
+from vmm.worker.spec import WorkerSpec
+from vmm.worker.vm import ExitState, VirtualMachine
+
+GRACEFUL_SIGNALS = frozenset({"TERM", "INT", "HUP", "QUIT", "PWR"})
+KILL_SIGNALS = frozenset({"KILL"})
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} worker[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+class WorkerService:
+    def __init__(self, loop: Loop, spec: WorkerSpec, machines: Machines, console_fd: int) -> None:
+        self.loop, self.spec, self.machines = loop, spec, machines
+        self.console_fd = console_fd
+        self.machine: VirtualMachine | None = None
+        self.state = State.STARTING
+        self.exit: ExitState | None = None
+        self.started = time.monotonic()
+        self.console_bytes = 0
+        self._consoles: set[Connection] = set()
+        self._waiters: list[tuple[Connection, int]] = []
+        self._kill_timer: Timer | None = None
+        self.on_exit: Callable[[], None] | None = None
+
+    # -- from the VM ---------------------------------------------------------------------
+
+    def console_sink(self, data: bytes) -> None:
+        """Called from vCPU threads with guest console output."""
+        os.write(self.console_fd, data)
+        self.console_bytes += len(data)
+        if self._consoles:
+            self.loop.call_soon_threadsafe(lambda: self._broadcast(data))
+
+    def _broadcast(self, data: bytes) -> None:
+        for conn in list(self._consoles):
+            conn.send_raw(data)
+
+    def attach(self, machine: VirtualMachine) -> None:
+        """Start the VM and a thread that reports its end to the loop."""
+        self.machine = machine
+        machine.start()
+        self._record(State.RUNNING)
+        threading.Thread(target=self._wait_thread, name="vm-wait", daemon=True).start()
+
+    def _wait_thread(self) -> None:
+        assert self.machine is not None
+        try:
+            state = self.machine.wait()
+        except Exception as exc:  # the VM's own failure is still an ending to record
+            state = ExitState("error", detail=f"{type(exc).__name__}: {exc}")
+        self.loop.call_soon_threadsafe(lambda: self._ended(state or ExitState("error")))
+
+    def _ended(self, state: ExitState) -> None:
+        self.exit = state
+        if self._kill_timer:
+            self._kill_timer.cancel()
+        log(f"VM ended: {state.reason} code={state.effective_code()} {state.detail}".rstrip())
+        self._record(
+            State.EXITED, exit_code=state.effective_code(), exit_reason=state.reason,
+            finished_at=time.time(), error=state.detail or None,
+        )
+        result = self._exit_result()
+        for conn, rid in self._waiters:
+            conn.reply(rid, result)
+        self._waiters.clear()
+        for conn in list(self._consoles):
+            conn.close_after_flush()
+        if self.on_exit:
+            self.on_exit()
+
+    def _record(self, target: State, **fields: Any) -> None:
+        try:
+            self.machines.transition(self.spec.machine_id, target, generation=self.spec.generation, **fields)
+        except InvalidTransition as exc:
+            log(f"store: {exc.message}")
+        self.state = target
+
+    def _exit_result(self) -> dict[str, Any]:
+        assert self.exit is not None
+        return {"exit_code": self.exit.effective_code(), "reason": self.exit.reason, "detail": self.exit.detail}
+
+    # -- the API -------------------------------------------------------------------------
+
+    def handle(self, req: protocol.Request, conn: Connection) -> Any:
+        return getattr(self, "op_" + req.op)(req, conn)
+
+    def op_hello(self, req, conn) -> dict[str, Any]:
+        return {"versions": list(protocol.SUPPORTED_VERSIONS), "ops": sorted(protocol.OPS),
+                "machine_id": self.spec.machine_id, "pid": os.getpid()}
+
+    def op_status(self, req, conn) -> dict[str, Any]:
+        out = {"state": self.state.value, "id": self.spec.machine_id, "pid": os.getpid(),
+               "generation": self.spec.generation, "uptime_s": round(time.monotonic() - self.started, 3)}
+        if self.exit:
+            out.update(self._exit_result())
+        return out
+
+    def _need(self, *states: State) -> VirtualMachine:
+        if self.state not in states or self.machine is None:
+            raise WrongState(f"the machine is {self.state.value}",
+                             "it must be " + " or ".join(s.value for s in states))
+        return self.machine
+
+    def op_pause(self, req, conn) -> dict[str, Any]:
+        self._need(State.RUNNING).pause()
+        self._record(State.PAUSED)
+        return {"state": self.state.value}
+
+    def op_resume(self, req, conn) -> dict[str, Any]:
+        self._need(State.PAUSED).resume()
+        self._record(State.RUNNING)
+        return {"state": self.state.value}
+
+    def op_stop(self, req, conn) -> Any:
+        timeout = req.args.get("timeout", self.spec.stop_timeout)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            raise BadArgument(f"stop timeout must be a number of seconds >= 0, not {timeout!r}")
+        if self.exit is not None:
+            return self._exit_result()
+        self._waiters.append((conn, req.id))
+        if self.state != State.STOPPING:
+            machine = self._need(State.RUNNING, State.PAUSED)
+            if self.state == State.PAUSED:
+                machine.resume()  # a paused guest cannot hear the shutdown request
+            self._record(State.STOPPING)
+            self._graceful(machine)
+            self._kill_timer = self.loop.call_later(float(timeout), self._force)
+        return DEFERRED
+
+    def _graceful(self, machine: VirtualMachine) -> None:
+        """Ask the guest to power off: its agent when it has one, else the VM's own way."""
+        if self.spec.agent_port is not None and machine.vsock_socket:
+            threading.Thread(target=self._agent_shutdown, args=(machine,), daemon=True).start()
+        else:
+            machine.request_shutdown()
+
+    def _agent_shutdown(self, machine: VirtualMachine) -> None:
+        from vmm.guest import AgentClient  # the guest engineer's client of our exec agent
+
+        try:
+            AgentClient(self._vsock_connect(machine, self.spec.agent_port)).shutdown()
+        except Exception as exc:
+            log(f"agent shutdown failed ({exc}); asking the VM instead")
+            self.loop.call_soon_threadsafe(machine.request_shutdown)
+
+    def _force(self) -> None:
+        if self.exit is None and self.machine is not None:
+            log("stop timeout: killing the VM")
+            self.machine.kill()
+
+    def op_kill(self, req, conn) -> dict[str, Any]:
+        sig = str(req.args.get("signal", "KILL")).upper().removeprefix("SIG")
+        if sig.isdigit():
+            sig = {"9": "KILL", "15": "TERM", "2": "INT", "1": "HUP", "3": "QUIT"}.get(sig, sig)
+        if sig not in KILL_SIGNALS | GRACEFUL_SIGNALS:
+            raise BadArgument(f"unsupported signal {req.args.get('signal')!r}",
+                              "use KILL (power off now) or TERM/INT/HUP/QUIT (ask the guest to shut down)")
+        machine = self._need(State.RUNNING, State.PAUSED, State.STOPPING)
+        if sig in KILL_SIGNALS:
+            machine.kill()
+        else:
+            if self.state == State.PAUSED:
+                machine.resume()
+                self._record(State.RUNNING)
+            self._graceful(machine)
+        return {"signal": sig}
+
+    def op_wait(self, req, conn) -> Any:
+        if self.exit is not None:
+            return self._exit_result()
+        self._waiters.append((conn, req.id))
+        return DEFERRED
+
+    def op_stats(self, req, conn) -> dict[str, Any]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        out: dict[str, Any] = {
+            "state": self.state.value,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "worker_rss_kib": _rss_kib(),
+            "worker_cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
+            "worker_threads": threading.active_count(),
+            "console_bytes": self.console_bytes,
+        }
+        if self.machine is not None:
+            out["vm"] = self.machine.stats()
+        return out
+
+    def op_console(self, req, conn) -> Any:
+        machine = self._need(State.RUNNING, State.PAUSED, State.STOPPING)
+        self._consoles.add(conn)
+        conn.on_close = lambda: self._consoles.discard(conn)
+        conn.upgrade(req.id, {"state": self.state.value}, machine.write_console)
+        return DEFERRED
+
+    def op_exec(self, req, conn) -> Any:
+        port = req.args["port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 2**32:
+            raise BadArgument(f"vsock port must be an integer in 1..2^32-1, not {port!r}")
+        machine = self._need(State.RUNNING)
+        if not machine.vsock_socket:
+            raise Unavailable("this machine has no vsock device, so nothing can be exec'd in it")
+
+        def bridge() -> None:
+            try:
+                stream = self._vsock_connect(machine, port)
+            except Exception as exc:
+                self.loop.call_soon_threadsafe(lambda: conn.reply_error(req.id, exc))
+                return
+            def hand_over() -> None:
+                try:
+                    conn.send_fd(req.id, {"port": port}, stream.fileno())
+                finally:
+                    stream.close()
+            self.loop.call_soon_threadsafe(hand_over)
+
+        threading.Thread(target=bridge, name="exec-bridge", daemon=True).start()
+        return DEFERRED
+
+    @staticmethod
+    def _vsock_connect(machine: VirtualMachine, port: int, timeout: float = 10.0) -> socket.socket:
+        """Firecracker's host-initiated vsock: connect, `CONNECT <port>\\n`, expect `OK ...`."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(machine.vsock_socket))
+            sock.sendall(f"CONNECT {port}\n".encode())
+            line = b""
+            while not line.endswith(b"\n") and len(line) < 64:
+                chunk = sock.recv(1)
+                if not chunk:
+                    break
+                line += chunk
+            if not line.startswith(b"OK "):
+                raise Unavailable(f"the guest refused vsock port {port}",
+                                  "its agent may not be running yet; try again in a moment")
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"cannot reach the guest's vsock: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
