@@ -46,3 +46,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def open_machines(state: Path | None = None) -> Machines:
     return Machines(connect(state))
+
+
+def open_control(state: Path | None = None):
+    """A `MachineControl` on the store under `state` (default: MM_STATE)."""
+    from vmm.machines.control import MachineControl
+
+    base = state if state is not None else paths.state_dir()
+    return MachineControl(open_machines(base), base)
