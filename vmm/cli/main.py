@@ -19,6 +19,11 @@ COMMANDS: dict[str, str] = {
     "network": "vmm.cli.network",
 }
 
+# command -> "module:function" run without building the typer app: it takes the arguments
+# after the command and returns an exit code, or None to fall back to typer (help, unusual
+# flags). Importing typer alone costs ~80 ms; this keeps `mm ps` within its 60 ms budget.
+FAST_PATHS: dict[str, str] = {}
+
 GLOBAL_HELP = "micromachines: boot OCI images as KVM microVMs."
 
 
@@ -54,6 +59,16 @@ def build_app(only: str | None = None):
     return app
 
 
+def _fast_path(argv: list[str]) -> int | None:
+    ref = FAST_PATHS.get(argv[0]) if argv else None
+    if ref is None:
+        return None
+    import importlib
+
+    module, _, function = ref.partition(":")
+    return getattr(importlib.import_module(module), function)(argv[1:])
+
+
 def print_error(err, stream=None) -> None:
     stream = stream or sys.stderr
     print(f"error: {err.message}", file=stream)
@@ -77,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     from vmm.errors import ExitStatus, MMError
 
     try:
+        code = _fast_path(argv)
+        if code is not None:
+            return code
         app = build_app(_first_command(argv))
         result = app(args=argv, prog_name="mm", standalone_mode=False)
         return int(result or 0)
