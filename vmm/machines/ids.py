@@ -7,7 +7,6 @@ shown by `mm ps` and used for per-machine paths. A name is chosen by the user
 from __future__ import annotations
 
 import re
-import secrets
 
 from vmm.machines.errors import BadName
 
@@ -29,6 +28,8 @@ _NOUNS = (
 
 
 def new_id() -> str:
+    import secrets  # lazily: `mm ps` never makes ids, and secrets costs its start-up budget
+
     return secrets.token_hex(ID_LEN // 2)
 
 
@@ -47,5 +48,7 @@ def validate_name(name: str) -> str:
 
 
 def random_name() -> str:
-    """adjective_noun plus a random suffix-free pick; the store retries on a clash."""
+    """adjective_noun; the store draws again on a clash."""
+    import secrets
+
     return f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
