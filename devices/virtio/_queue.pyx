@@ -1,0 +1,229 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Compiled split virtqueue: same API as `queue_py.SplitQueue`, descriptor walking in C.
+
+The avail-ring read, the descriptor-chain walk (direct and indirect tables) and the
+used-ring update run with the GIL released over the ring views taken at setup. Bounds
+are explicit rather than Cython's: every guest index is checked against the queue or
+table size, and chain length is capped at the table size (which also catches loops).
+Buffers become views through GuestMemory.view() (with the GIL) so they lie in guest RAM.
+Assumes a little-endian host (x86-64, like the VMM).
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+
+from .errors import ChainError, QueueCorrupt, QueueError
+from .ring import QueueState, check_layout, resolve
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static inline uint16_t mm_load16(const unsigned char *p) {
+        uint16_t v; __atomic_load((const uint16_t *)p, &v, __ATOMIC_ACQUIRE); return v; }
+    static inline void mm_store16(unsigned char *p, uint16_t v) {
+        __atomic_store((uint16_t *)p, &v, __ATOMIC_RELEASE); }
+    static inline void mm_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+    """
+    uint16_t mm_load16(const unsigned char *p) nogil
+    void mm_store16(unsigned char *p, uint16_t v) nogil
+    void mm_fence() nogil
+
+DEF F_NEXT = 1
+DEF F_WRITE = 2
+DEF F_INDIRECT = 4
+DEF AVAIL_NO_INTERRUPT = 1
+
+# walk() results
+DEF W_OK = 0
+DEF W_INDIRECT = 1
+DEF E_TOO_LONG = -1
+DEF E_NEXT = -2
+DEF E_INDIRECT_POS = -3
+DEF E_NESTED = -4
+
+_MESSAGES = {
+    E_TOO_LONG: "is longer than its table or loops",
+    E_NEXT: "has a next index beyond its table",
+    E_INDIRECT_POS: "has an indirect descriptor that is not alone at the head",
+    E_NESTED: "has a nested indirect descriptor",
+}
+
+
+cdef int walk(const uint8_t *table, uint32_t n, uint32_t start, bint direct,
+              uint64_t *addrs, uint32_t *lens, uint16_t *flags, uint32_t *count) noexcept nogil:
+    """Follow a chain in a descriptor table of `n` entries starting at `start`."""
+    cdef uint32_t idx = start, c = 0
+    cdef uint64_t a
+    cdef uint32_t ln
+    cdef uint16_t fl, nx
+    while True:
+        if c >= n:
+            count[0] = c
+            return E_TOO_LONG
+        memcpy(&a, table + 16 * idx, 8)
+        memcpy(&ln, table + 16 * idx + 8, 4)
+        memcpy(&fl, table + 16 * idx + 12, 2)
+        memcpy(&nx, table + 16 * idx + 14, 2)
+        if fl & F_INDIRECT:
+            if not direct:
+                return E_NESTED
+            if c != 0 or fl & F_NEXT:
+                return E_INDIRECT_POS
+            addrs[0] = a
+            lens[0] = ln
+            count[0] = 1
+            return W_INDIRECT
+        addrs[c] = a
+        lens[c] = ln
+        flags[c] = fl
+        c += 1
+        if not fl & F_NEXT:
+            count[0] = c
+            return W_OK
+        if nx >= n:
+            return E_NEXT
+        idx = nx
+
+
+cdef class SplitQueue:
+    """One split virtqueue over guest memory (device side)."""
+
+    cdef readonly object memory
+    cdef readonly uint32_t size
+    cdef readonly uint64_t desc_addr, avail_addr, used_addr
+    cdef public bint event_idx, indirect
+    cdef uint16_t _next_avail, _next_used
+    cdef public uint64_t num_added
+    cdef object _views
+    cdef uint8_t[::1] _dmv, _amv, _umv
+    cdef uint8_t *_desc
+    cdef uint8_t *_avail
+    cdef uint8_t *_used
+    cdef uint64_t *_addrs
+    cdef uint32_t *_lens
+    cdef uint16_t *_flags
+
+    def __cinit__(self):
+        self._addrs = NULL
+        self._lens = NULL
+        self._flags = NULL
+
+    def __init__(self, memory, size, desc_addr, avail_addr, used_addr, *,
+                 event_idx=False, indirect=False, next_avail=0, next_used=0, num_added=0):
+        self._views = check_layout(memory, size, desc_addr, avail_addr, used_addr)
+        self.memory = memory
+        self.size = size
+        self.desc_addr, self.avail_addr, self.used_addr = desc_addr, avail_addr, used_addr
+        self._dmv, self._amv, self._umv = self._views
+        self._desc = &self._dmv[0]
+        self._avail = &self._amv[0]
+        self._used = &self._umv[0]
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self._next_avail = next_avail & 0xFFFF
+        self._next_used = next_used & 0xFFFF
+        self.num_added = num_added
+        self._addrs = <uint64_t *>malloc(size * sizeof(uint64_t))
+        self._lens = <uint32_t *>malloc(size * sizeof(uint32_t))
+        self._flags = <uint16_t *>malloc(size * sizeof(uint16_t))
+        if not self._addrs or not self._lens or not self._flags:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self._addrs)
+        free(self._lens)
+        free(self._flags)
+
+    @property
+    def next_avail(self):
+        return self._next_avail
+
+    @property
+    def next_used(self):
+        return self._next_used
+
+    def pending(self):
+        """How many chains the driver has made available and we have not popped."""
+        cdef uint16_t idx = mm_load16(self._avail + 2)
+        cdef uint16_t n = <uint16_t>(idx - self._next_avail)
+        if n > self.size:
+            raise QueueCorrupt(f"avail idx {idx} is {n} ahead of {self._next_avail} (queue size {self.size})")
+        return n
+
+    def pop(self):
+        """The next available chain, or None. Raises ChainError (request consumed) or QueueCorrupt."""
+        cdef uint16_t head
+        cdef uint32_t count = 0
+        cdef int rc
+        cdef uint8_t[::1] table
+        cdef uint32_t tlen
+        if not self.pending():
+            return None
+        with nogil:
+            memcpy(&head, self._avail + 4 + 2 * (self._next_avail % self.size), 2)
+            self._next_avail += 1
+            if self.event_idx:
+                mm_store16(self._used + 4 + 8 * self.size, self._next_avail)
+            rc = W_OK
+            if head < self.size:
+                rc = walk(self._desc, self.size, head, True, self._addrs, self._lens, self._flags, &count)
+        if head >= self.size:
+            raise ChainError(f"head index {head} >= queue size {self.size}", head)
+        if rc == W_INDIRECT:
+            rc = self._indirect(head, &count)
+        if rc < 0:
+            raise ChainError(f"chain {head} {_MESSAGES[rc]}", head)
+        descs = [(self._addrs[i], self._lens[i], self._flags[i]) for i in range(count)]
+        try:
+            return resolve(self.memory, head, descs)
+        except (ValueError, IndexError) as e:
+            raise ChainError(f"chain {head}: {e}", head) from None
+
+    cdef int _indirect(self, uint16_t head, uint32_t *count) except -100:
+        cdef uint64_t addr = self._addrs[0]
+        cdef uint32_t length = self._lens[0]
+        cdef uint8_t[::1] table
+        cdef int rc
+        if not self.indirect:
+            raise ChainError(f"chain {head}: indirect descriptor without VIRTIO_F_INDIRECT_DESC", head)
+        if length == 0 or length % 16 or length // 16 > self.size:
+            raise ChainError(f"chain {head}: bad indirect table length {length}", head)
+        try:
+            table = self.memory.view(addr, length)
+        except ValueError as e:
+            raise ChainError(f"chain {head}: indirect table outside guest memory: {e}", head) from None
+        with nogil:
+            rc = walk(&table[0], length // 16, 0, False, self._addrs, self._lens, self._flags, count)
+        return rc
+
+    def add_used(self, head, length):
+        """Return chain `head` to the driver with `length` bytes written."""
+        if not 0 <= head < self.size or not 0 <= length <= 0xFFFFFFFF:
+            raise QueueError(f"add_used({head}, {length}) out of range for queue size {self.size}")
+        cdef uint32_t h = head, ln = length
+        with nogil:
+            memcpy(self._used + 4 + 8 * (self._next_used % self.size), &h, 4)
+            memcpy(self._used + 8 + 8 * (self._next_used % self.size), &ln, 4)
+            self._next_used += 1
+            mm_store16(self._used + 2, self._next_used)
+        self.num_added += 1
+
+    def needs_notification(self):
+        """Whether the driver wants an interrupt for the used entries added since last asked."""
+        cdef uint64_t added = self.num_added
+        cdef uint16_t used_event, old
+        self.num_added = 0
+        if not added:
+            return False
+        mm_fence()
+        if not self.event_idx:
+            return not (mm_load16(self._avail) & AVAIL_NO_INTERRUPT)
+        if added >= 0x10000:
+            return True
+        used_event = mm_load16(self._avail + 4 + 2 * self.size)
+        old = <uint16_t>(self._next_used - added)
+        return <uint16_t>(self._next_used - used_event - 1) < <uint16_t>(self._next_used - old)
+
+    def state(self):
+        return QueueState(self.size, True, self.desc_addr, self.avail_addr, self.used_addr,
+                          self._next_avail, self._next_used, self.num_added)
