@@ -1,0 +1,188 @@
+"""`mm run`'s options with Docker's meaning, parsed and checked before anything is created.
+
+`RunOptions` is plain data (it is stored in the machine record and will be what a
+compose-like topology file produces). Every parser raises `UsageError` with a hint, so
+bad input is refused before a record, disk or network attachment exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from vmm.errors import UsageError
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MIN_MEMORY = 32 * 1024**2
+MAX_VCPUS = 255  # x86 xAPIC ids without x2APIC
+
+
+@dataclasses.dataclass(frozen=True)
+class Publish:
+    """One -p rule; host_port 0 means any free port."""
+
+    host_ip: str
+    host_port: int
+    guest_port: int
+    proto: str = "tcp"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    image: str
+    cmd: list[str] = dataclasses.field(default_factory=list)
+    name: str | None = None
+    detach: bool = False
+    auto_remove: bool = False
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    publish: list[Publish] = dataclasses.field(default_factory=list)
+    vcpus: int = 1
+    memory_mib: int = 256
+    disk_size_mib: int = 1024
+    entrypoint: list[str] | None = None
+    workdir: str | None = None
+    user: str | None = None
+    interactive: bool = False
+    tty: bool = False
+    network: str | None = None
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    ssh: bool = False
+    kernel: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_size(text: str, what: str) -> int:
+    """Docker's sizes: a number with an optional b/k/m/g/t unit; no unit means bytes."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"invalid {what} {text!r}", "use a number with a unit, e.g. 512m or 2g")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_memory(text: str, host_total: int | None = None) -> int:
+    """--memory → MiB, at least 32 MiB and no more than the host has."""
+    size = parse_size(text, "--memory")
+    if size < MIN_MEMORY:
+        hint = f"did you mean {text}m?" if text.strip().isdigit() else "give at least 32m"
+        raise UsageError(f"--memory {text} is less than the 32 MiB a guest needs", hint)
+    total = host_total if host_total is not None else host_memory()
+    if size > total:
+        raise UsageError(f"--memory {text} is more than this host has ({total // 1024**2} MiB)",
+                         "ask for less memory")
+    return math.ceil(size / 1024**2)
+
+
+def parse_disk_size(text: str) -> int:
+    size = parse_size(text, "--disk-size")
+    if size < 1024**2:
+        raise UsageError(f"--disk-size {text} is less than 1 MiB", "give e.g. 1g")
+    return math.ceil(size / 1024**2)
+
+
+def parse_cpus(text: str) -> int:
+    """--cpus is a CPU count that may be fractional in Docker; a VM gets whole vCPUs (rounded up)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"invalid --cpus {text!r}", "give a number, e.g. --cpus 2") from None
+    if not 0 < value <= MAX_VCPUS or math.isnan(value):
+        raise UsageError(f"--cpus {text} is out of range", f"give a number in (0, {MAX_VCPUS}]")
+    return math.ceil(value)
+
+
+def host_memory() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise UsageError("cannot read the host's memory size from /proc/meminfo")
+
+
+def _env_item(item: str, source: str, host_env: dict[str, str]) -> tuple[str, str] | None:
+    key, sep, value = item.partition("=")
+    if not _ENV_KEY.match(key):
+        raise UsageError(f"invalid environment variable {item!r} in {source}", "use KEY=VALUE")
+    if not sep:  # Docker: `-e KEY` passes the host's value, or nothing when it is unset
+        return (key, host_env[key]) if key in host_env else None
+    return key, value
+
+
+def parse_env(items: list[str], env_files: list[str], host_env: dict[str, str] | None = None) -> dict[str, str]:
+    """--env-file entries first, then -e (later wins), as Docker orders them."""
+    host_env = dict(os.environ) if host_env is None else host_env
+    env: dict[str, str] = {}
+    for path in env_files:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read --env-file {path}: {exc.strerror}") from None
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                pair = _env_item(line, path, host_env)
+                if pair:
+                    env[pair[0]] = pair[1]
+    for item in items:
+        pair = _env_item(item, "-e", host_env)
+        if pair:
+            env[pair[0]] = pair[1]
+    return env
+
+
+def _port(text: str, spec: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UsageError(f"invalid port {text!r} in -p {spec}", "ports are 1-65535")
+    return int(text)
+
+
+def parse_publish(spec: str) -> Publish:
+    """-p [ip:][host_port:]guest_port[/tcp|udp] (Docker's form; no ranges)."""
+    body, _, proto = spec.partition("/")
+    proto = proto or "tcp"
+    if proto not in ("tcp", "udp"):
+        raise UsageError(f"invalid protocol {proto!r} in -p {spec}", "use tcp or udp")
+    parts = body.rsplit(":", 2)
+    if len(parts) == 1:
+        guest = _port(parts[0], spec)
+        return Publish("0.0.0.0", guest, guest, proto)
+    if len(parts) == 2:
+        return Publish("0.0.0.0", _port(parts[0], spec), _port(parts[1], spec), proto)
+    ip = parts[0].strip("[]") or "0.0.0.0"
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise UsageError(f"invalid host address {ip!r} in -p {spec}") from None
+    host = _port(parts[1], spec) if parts[1] else 0  # Docker: ip::port picks a free host port
+    return Publish(ip, host, _port(parts[2], spec), proto)
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid --label {item!r}", "use KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def parse_workdir(text: str | None) -> str | None:
+    if text is not None and not text.startswith("/"):
+        raise UsageError(f"--workdir {text!r} is not absolute", "give an absolute path, e.g. -w /app")
+    return text
+
+
+def parse_entrypoint(text: str | None) -> list[str] | None:
+    """Docker's --entrypoint is one executable; "" clears the image's entrypoint."""
+    if text is None:
+        return None
+    return [text] if text else []
