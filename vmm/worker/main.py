@@ -63,9 +63,10 @@ def run_worker(spec_path: Path, ready_fd: int) -> int:
             raise
         return 1
     _report(ready_fd, {"ok": True, "pid": os.getpid()})
-    # SIGTERM to the worker is a graceful stop; SIGINT (a stray Ctrl-C) is ignored.
+    # SIGTERM to the worker (host shutdown, an admin) is a graceful stop with the spec's
+    # timeout, as `mm stop`; SIGINT (a stray Ctrl-C reaching it) is ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(lambda: service._force()))
+    signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(lambda: service.begin_stop(spec.stop_timeout)))
     service.on_exit = lambda: loop.call_later(LINGER_S, loop.stop)
     try:
         loop.run()

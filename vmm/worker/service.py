@@ -141,15 +141,22 @@ class WorkerService:
             raise BadArgument(f"stop timeout must be a number of seconds >= 0, not {timeout!r}")
         if self.exit is not None:
             return self._exit_result()
-        self._waiters.append((conn, req.id))
         if self.state != State.STOPPING:
-            machine = self._need(State.RUNNING, State.PAUSED)
-            if self.state == State.PAUSED:
-                machine.resume()  # a paused guest cannot hear the shutdown request
-            self._record(State.STOPPING)
-            self._graceful(machine)
-            self._kill_timer = self.loop.call_later(float(timeout), self._force)
+            self._need(State.RUNNING, State.PAUSED)
+            self.begin_stop(float(timeout))
+        self._waiters.append((conn, req.id))
         return DEFERRED
+
+    def begin_stop(self, timeout: float) -> None:
+        """Ask the guest to shut down; kill the VM if it has not ended after `timeout` s."""
+        machine = self.machine
+        if self.exit is not None or self.state == State.STOPPING or machine is None:
+            return
+        if self.state == State.PAUSED:
+            machine.resume()  # a paused guest cannot hear the shutdown request
+        self._record(State.STOPPING)
+        self._graceful(machine)
+        self._kill_timer = self.loop.call_later(timeout, self._force)
 
     def _graceful(self, machine: VirtualMachine) -> None:
         """Ask the guest to power off: its agent when it has one, else the VM's own way."""

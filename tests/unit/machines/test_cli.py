@@ -18,6 +18,7 @@ MINE |= {"ps": "vmm.cli.ps", "inspect": "vmm.cli.ps", "logs": "vmm.cli.logs", "c
 @pytest.fixture
 def mm(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MM_STATE", str(tmp_path / "state"))
+    monkeypatch.delenv("MM_DEBUG", raising=False)  # another test's --debug may have set it
     for name, module in MINE.items():
         monkeypatch.setitem(cli_main.COMMANDS, name, module)
     monkeypatch.setitem(cli_main.FAST_PATHS, "ps", "vmm.cli.ps:fast_ps")
