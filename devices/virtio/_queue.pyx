@@ -144,6 +144,8 @@ cdef class SplitQueue:
 
     def pending(self):
         """How many chains the driver has made available and we have not popped."""
+        if self.event_idx:
+            mm_fence()  # our avail_event store must be visible before we re-read avail idx
         cdef uint16_t idx = mm_load16(self._avail + 2)
         cdef uint16_t n = <uint16_t>(idx - self._next_avail)
         if n > self.size:
@@ -195,6 +197,12 @@ cdef class SplitQueue:
         with nogil:
             rc = walk(&table[0], length // 16, 0, False, self._addrs, self._lens, self._flags, count)
         return rc
+
+    def undo_pop(self):
+        """Put the last popped chain back (the device could not serve it yet, e.g. throttled)."""
+        self._next_avail -= 1
+        if self.event_idx:
+            mm_store16(self._used + 4 + 8 * self.size, self._next_avail)
 
     def add_used(self, head, length):
         """Return chain `head` to the driver with `length` bytes written."""

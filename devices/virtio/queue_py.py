@@ -102,6 +102,12 @@ class SplitQueue:
                 raise ChainError(f"chain {head}: indirect next {nxt} >= table size {n}", head)
             idx = nxt
 
+    def undo_pop(self) -> None:
+        """Put the last popped chain back (the device could not serve it yet, e.g. throttled)."""
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+        if self.event_idx:
+            _U16.pack_into(self._used, 4 + 8 * self.size, self.next_avail)
+
     def add_used(self, head: int, length: int) -> None:
         """Return chain `head` to the driver with `length` bytes written."""
         if not 0 <= head < self.size or not 0 <= length <= 0xFFFFFFFF:

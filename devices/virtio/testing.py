@@ -12,6 +12,7 @@ import ctypes
 import os
 import select
 import struct
+import time
 from typing import Callable
 
 from devices.interfaces import GuestMemoryError
@@ -168,6 +169,18 @@ class DriverQueue:
                 self.free.extend(ids)
                 self.completed[head] = bufs
             self.last_used = (self.last_used + 1) & 0xFFFF
+        return out
+
+    def wait_used(self, count: int = 1, timeout: float = 5.0) -> list[tuple[int, int]]:
+        """Collect `count` used entries, waiting for a device that works on its own thread."""
+        deadline = time.monotonic() + timeout
+        out: list = []
+        while len(out) < count:
+            out += self.get_used()
+            if len(out) < count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {len(out)} of {count} used entries after {timeout}s")
+                time.sleep(0.0005)
         return out
 
     def written(self, head: int, length: int | None = None) -> bytes:
