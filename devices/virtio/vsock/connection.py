@@ -1,0 +1,97 @@
+"""One vsock stream between a guest port and a host Unix socket, with credit flow control.
+
+Towards the guest we send at most the peer's advertised free space
+(`buf_alloc - (rx_cnt - fwd_cnt)`, u32 arithmetic); from the guest we accept at most our
+`CONN_BUF_ALLOC` unforwarded bytes, count what reaches the host socket in `fwd_cnt`
+and tell the guest with CREDIT_UPDATE once a quarter of the buffer has drained.
+"""
+from __future__ import annotations
+
+import enum
+import socket
+
+from . import CONN_BUF_ALLOC
+
+
+class ConnState(enum.Enum):
+    CONNECTING = "connecting"  # host-initiated, waiting for the guest's RESPONSE
+    ESTABLISHED = "established"
+    CLOSING = "closing"  # we told the guest to shut down; waiting for its RST
+
+
+class Connection:
+    """A stream; `local_port` is the host-side port, `peer_port` the guest's."""
+
+    def __init__(self, sock: socket.socket, local_port: int, peer_port: int, state: ConnState) -> None:
+        self.sock = sock
+        self.local_port, self.peer_port = local_port, peer_port
+        self.state = state
+        self.buf_alloc = CONN_BUF_ALLOC
+        self.fwd_cnt = 0
+        self.last_fwd_cnt_sent = 0
+        self.rx_cnt = 0
+        self.peer_buf_alloc = 0
+        self.peer_fwd_cnt = 0
+        self.tx_buf = bytearray()  # guest data the host socket has not taken yet
+        self.peer_shutdown = 0
+        self.host_eof = False
+        self.shut_wr_pending = False
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.local_port, self.peer_port
+
+    def update_peer_credit(self, buf_alloc: int, fwd_cnt: int) -> None:
+        self.peer_buf_alloc, self.peer_fwd_cnt = buf_alloc, fwd_cnt
+
+    def peer_credit(self) -> int:
+        """Bytes we may still send to the guest."""
+        in_flight = (self.rx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF
+        return max(0, self.peer_buf_alloc - in_flight)
+
+    def unforwarded(self) -> int:
+        return len(self.tx_buf)
+
+    def send_to_host(self, views: list) -> bool:
+        """Pass guest data on to the host socket, buffering what it cannot take now.
+        Returns False if the host socket failed (the stream must be reset)."""
+        if self.tx_buf:
+            for v in views:
+                self.tx_buf += v
+            return self.flush()
+        try:
+            sent = self.sock.sendmsg(views) if views else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False
+        self.fwd_cnt += sent
+        for v in views:
+            if sent >= len(v):
+                sent -= len(v)
+                continue
+            self.tx_buf += v[sent:]
+            sent = 0
+        return True
+
+    def flush(self) -> bool:
+        """Write buffered guest data to the host socket; False on a socket error."""
+        if self.tx_buf:
+            try:
+                n = self.sock.send(self.tx_buf)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return False
+            del self.tx_buf[:n]
+            self.fwd_cnt += n
+        if not self.tx_buf and self.shut_wr_pending:
+            self.shut_wr_pending = False
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return True
+
+    def wants_credit_update(self) -> bool:
+        return (self.fwd_cnt - self.last_fwd_cnt_sent) & 0xFFFFFFFF >= self.buf_alloc // 4

@@ -1,0 +1,255 @@
+"""virtio-vsock end to end: host Unix-socket clients ↔ a mock guest driver over the queues."""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+
+from devices.virtio.mmio import MmioTransport
+from devices.virtio.testing import FakeGuestMemory, MockDriver
+from devices.virtio.vsock import (
+    OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, TYPE_STREAM, VsockError,
+)
+from devices.virtio.vsock.device import VsockDevice
+from devices.virtio.vsock.packet import HDR_SIZE, Header
+
+CID = 42
+
+
+class Guest:
+    """A tiny guest vsock stack on top of the mock driver's queues."""
+
+    def __init__(self, driver: MockDriver, rx_buffers: int = 32):
+        self.d = driver
+        self.rx, self.tx, self.ev = driver.queues
+        for _ in range(rx_buffers):
+            self.rx.add([], [HDR_SIZE + 4096])
+        self.ev.add([], [8])
+        driver.kick(0)
+        driver.kick(2)
+        self.backlog: list = []
+
+    def send(self, op, src_port, dst_port, data=b"", flags=0, buf_alloc=1 << 20, fwd_cnt=0, src_cid=CID):
+        self.tx.get_used()
+        h = Header(src_cid, 2, src_port, dst_port, len(data), TYPE_STREAM, op, flags, buf_alloc, fwd_cnt)
+        self.tx.add([h.pack() + data], [])
+        self.d.kick(1)
+
+    def poll(self) -> list[tuple[Header, bytes]]:
+        """Everything the device has delivered so far, without waiting."""
+        self.recv(0, timeout=0)
+        out, self.backlog = self.backlog, []
+        return out
+
+    def recv(self, count=1, timeout=10.0, match=None) -> list[tuple[Header, bytes]]:
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            keep = []
+            for h, data in self.backlog:
+                (out if (match is None or match(h)) and len(out) < count else keep).append((h, data))
+            self.backlog = keep
+            used = self.rx.get_used()
+            for head, n in used:
+                raw = self.rx.written(head, n)
+                self.backlog.append((Header.unpack(raw[:HDR_SIZE]), raw[HDR_SIZE:]))
+                self.rx.add([], [HDR_SIZE + 4096])
+            if used:
+                self.d.kick(0)
+                continue
+            if len(out) >= count:
+                return out
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"got {len(out)} of {count} packets")
+            else:
+                time.sleep(0.001)
+
+
+@pytest.fixture
+def vsock(tmp_path, interrupt, loop, queue_cls):
+    mem = FakeGuestMemory(64 << 20)
+    path = str(tmp_path / "v.sock")
+    dev = VsockDevice(CID, path)
+    t = MmioTransport(dev, mem, interrupt, loop)
+    g = Guest(MockDriver(t, mem, queue_size=256))
+    yield dev, g, path
+    t.close()
+
+
+def host_connect(path, port):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(f"CONNECT {port}\n".encode())
+    return s
+
+
+def read_line(s):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        buf += s.recv(1)
+    return buf
+
+
+def test_config_is_cid(vsock):
+    dev, g, _ = vsock
+    assert g.d.config(0, 8) == CID
+
+
+def test_host_connects_to_guest_port(vsock):
+    dev, g, path = vsock
+    s = host_connect(path, 1234)
+    (req, _), = g.recv()
+    assert req.op == OP_REQUEST and req.dst_port == 1234 and req.dst_cid == CID and req.src_cid == 2
+    g.send(OP_RESPONSE, 1234, req.src_port)
+    assert read_line(s) == f"OK {req.src_port}\n".encode()
+    s.sendall(b"hello guest")
+    (rw, data), = g.recv()
+    assert rw.op == OP_RW and data == b"hello guest"
+    g.send(OP_RW, 1234, req.src_port, b"hello host")
+    assert s.recv(100) == b"hello host"
+    g.send(OP_SHUTDOWN, 1234, req.src_port, flags=3)
+    (rst, _), = g.recv()
+    assert rst.op == OP_RST
+    assert s.recv(100) == b""
+    s.close()
+
+
+def test_guest_connects_to_host_listener(vsock):
+    dev, g, path = vsock
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_5000")
+    lst.listen()
+    lst.settimeout(10)
+    g.send(OP_REQUEST, 777, 5000)
+    conn, _ = lst.accept()
+    (resp, _), = g.recv()
+    assert resp.op == OP_RESPONSE and resp.src_port == 5000 and resp.dst_port == 777
+    g.send(OP_RW, 777, 5000, b"ping")
+    conn.settimeout(10)
+    assert conn.recv(10) == b"ping"
+    conn.sendall(b"pong")
+    (rw, data), = g.recv()
+    assert data == b"pong"
+    conn.close()  # host closes: the guest is asked to shut down
+    (sd, _), = g.recv()
+    assert sd.op == OP_SHUTDOWN and sd.flags == 3
+    g.send(OP_RST, 777, 5000)
+    lst.close()
+
+
+def test_guest_connect_without_listener_is_reset(vsock):
+    dev, g, _ = vsock
+    g.send(OP_REQUEST, 777, 6000)
+    (rst, _), = g.recv()
+    assert rst.op == OP_RST and rst.dst_port == 777
+    assert dev.metrics.connect_failures == 1
+
+
+def test_bad_packets_get_rst(vsock):
+    dev, g, _ = vsock
+    g.send(OP_RW, 1, 2, b"x")  # unknown stream
+    g.send(OP_REQUEST, 1, 2, src_cid=99)  # spoofed source CID
+    pkts = g.recv(2)
+    assert [h.op for h, _ in pkts] == [OP_RST, OP_RST]
+    assert dev.metrics.invalid_packets == 1
+
+
+def test_bad_connect_line(vsock):
+    _, g, path = vsock
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"HELLO there\n")
+    assert s.recv(10) == b""
+
+
+def test_credit_limits_host_to_guest(vsock):
+    dev, g, path = vsock
+    s = host_connect(path, 80)
+    (req, _), = g.recv()
+    g.send(OP_RESPONSE, 80, req.src_port, buf_alloc=100)
+    read_line(s)
+    s.sendall(b"a" * 1000)
+    got = b"".join(d for _, d in g.recv(1))
+    time.sleep(0.2)
+    got += b"".join(d for _, d in g.poll())
+    assert len(got) == 100
+    g.send(OP_CREDIT_UPDATE, 80, req.src_port, buf_alloc=100, fwd_cnt=100)
+    more = b""
+    while len(more) < 100:
+        more += b"".join(d for _, d in g.recv(1))
+    assert len(more) == 100
+    s.close()
+
+
+def test_guest_exceeding_credit_is_reset(vsock):
+    dev, g, path = vsock
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_81")
+    lst.listen()
+    g.send(OP_REQUEST, 9, 81)
+    conn, _ = lst.accept()  # never reads: everything the guest sends stays buffered
+    g.recv()
+    chunk = b"z" * 4000
+    for _ in range(300):  # 1.2 MB > the stream's 256 KiB buffer plus the socket's own
+        g.send(OP_RW, 9, 81, chunk)
+        while len(g.tx.free) < 2:
+            g.tx.get_used()
+    (rst, _), = g.recv(match=lambda h: h.op == OP_RST)
+    assert rst.dst_port == 9
+    conn.close()
+    lst.close()
+
+
+def test_hundreds_of_streams(vsock):
+    dev, g, path = vsock
+    n = 200
+    socks = [host_connect(path, 3000) for _ in range(n)]
+    reqs = [h for h, _ in g.recv(n, match=lambda h: h.op == OP_REQUEST)]
+    for h in reqs:
+        g.send(OP_RESPONSE, 3000, h.src_port)
+    for s in socks:
+        assert read_line(s).startswith(b"OK ")
+    for i, s in enumerate(socks):
+        s.sendall(f"msg{i}".encode())
+    for h, data in g.recv(n, match=lambda h: h.op == OP_RW):
+        g.send(OP_RW, 3000, h.src_port, data.upper())
+    for i, s in enumerate(socks):
+        assert s.recv(100) == f"MSG{i}".encode()
+        s.close()
+    assert dev.metrics.host_connects == n
+
+
+def test_reserved_cid():
+    with pytest.raises(VsockError):
+        VsockDevice(2, "/tmp/never.sock")
+
+
+def test_socket_in_use(vsock):
+    _, _, path = vsock
+    with pytest.raises(VsockError):
+        VsockDevice(CID, path)
+
+
+def test_save_restore_sends_transport_reset(vsock, interrupt, loop):
+    dev, g, path = vsock
+    state, tstate = dev.save(), g.d.t.save()
+    g.d.t.close()
+    dev2 = VsockDevice.restore(state)
+    t2 = MmioTransport(dev2, g.d.memory, interrupt, loop)
+    t2.restore(tstate)
+    g.d.t = t2
+    try:
+        assert dev2.save() == state
+        dev2.send_transport_reset()
+        (head, n), = g.ev.wait_used()
+        assert n == 4 and g.ev.written(head, 4) == struct.pack("<I", 0)
+        s = host_connect(path, 1)
+        (req, _), = g.recv()
+        assert req.op == OP_REQUEST
+        s.close()
+    finally:
+        t2.close()
