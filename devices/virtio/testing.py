@@ -9,6 +9,7 @@ writing QueueNotify — which lands on the same eventfd KVM's ioeventfd would si
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import select
 import struct
@@ -24,12 +25,23 @@ _DESC = struct.Struct("<QIHH")
 
 
 class FakeGuestMemory:
-    """Guest RAM as one bytearray at gpa 0, bounds-checked like the real thing."""
+    """Guest RAM at gpa 0, bounds-checked like the real thing: a bytearray, or with
+    `memfd=True` a shared mapping of a memfd like the VMM's (for the balloon)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, memfd: bool = False) -> None:
         self.size = size
-        self.buf = bytearray(size)
+        self.fd = -1
+        if memfd:
+            self.fd = os.memfd_create("mm-test-guest", os.MFD_CLOEXEC)
+            os.ftruncate(self.fd, size)
+            self.buf = mmap.mmap(self.fd, size)
+        else:
+            self.buf = bytearray(size)
         self._mv = memoryview(self.buf)
+
+    def allocated(self) -> int:
+        """Bytes of the memfd actually backed by host pages."""
+        return os.fstat(self.fd).st_blocks * 512
 
     def _check(self, gpa: int, length: int) -> None:
         if gpa < 0 or length < 0 or gpa + length > self.size:
