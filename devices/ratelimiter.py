@@ -110,6 +110,23 @@ class RateLimiter:
             return False
         return True
 
+    def blocked(self) -> bool:
+        """True if no operation could pass now (for receive paths that learn the size
+        only after taking the data; they then `charge` it)."""
+        for b in (self.ops, self.bandwidth):
+            if b is not None:
+                b._refill()
+                if b.budget <= 0 and not b.one_time_burst:
+                    self.throttled += 1
+                    return True
+        return False
+
+    def charge(self, nbytes: int) -> None:
+        """Account an operation that already happened, going into debt if needed."""
+        for b, n in ((self.ops, 1), (self.bandwidth, nbytes)):
+            if b is not None and n and not b.reduce(n):
+                b.budget -= n
+
     def wait_time(self, nbytes: int) -> float:
         """Seconds to wait before a throttled `nbytes` operation could pass."""
         w = 0.0

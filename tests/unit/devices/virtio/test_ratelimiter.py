@@ -61,3 +61,13 @@ def test_state_roundtrip():
 def test_bad_config():
     with pytest.raises(ValueError):
         BucketConfig(0, 100)
+
+
+def test_blocked_and_charge():
+    c = Clock()
+    rl = RateLimiter(bandwidth=BucketConfig(1000, 1000), clock=c)
+    assert not rl.blocked()
+    rl.charge(1500)  # a frame already received: debt
+    assert rl.blocked()
+    c.t = 0.6
+    assert not rl.blocked()
