@@ -287,3 +287,9 @@ def _set_half(old: int, high: bool, value: int) -> int:
     if high:
         return (old & 0xFFFFFFFF) | (value << 32)
     return (old & ~0xFFFFFFFF) | value
+
+
+def cmdline_device(base: int, irq: int, size: int = 0x1000) -> str:
+    """The kernel command-line word announcing a device at `base` with GSI `irq`
+    (needs CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES in the guest kernel)."""
+    return f"virtio_mmio.device={size // 1024}K@{base:#x}:{irq}"
