@@ -13,7 +13,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 from .errors import ChainError, QueueCorrupt, QueueError
-from .ring import QueueState, check_layout, resolve
+from .ring import Chain, QueueState, check_layout
 
 cdef extern from *:
     """
@@ -175,11 +175,26 @@ cdef class SplitQueue:
             rc = self._indirect(head, &count)
         if rc < 0:
             raise ChainError(f"chain {head} {_MESSAGES[rc]}", head)
-        descs = [(self._addrs[i], self._lens[i], self._flags[i]) for i in range(count)]
         try:
-            return resolve(self.memory, head, descs)
-        except (ValueError, IndexError) as e:
+            return self._resolve(head, count)
+        except ValueError as e:
             raise ChainError(f"chain {head}: {e}", head) from None
+
+    cdef object _resolve(self, uint16_t head, uint32_t count):
+        """Same as ring.resolve, without building the intermediate triples."""
+        cdef list readable = [], writable = []
+        cdef uint32_t i
+        view = self.memory.view
+        for i in range(count):
+            if self._flags[i] & F_WRITE:
+                if self._lens[i]:
+                    writable.append(view(self._addrs[i], self._lens[i]))
+            else:
+                if writable:
+                    raise ValueError("device-readable descriptor after a device-writable one")
+                if self._lens[i]:
+                    readable.append(view(self._addrs[i], self._lens[i]))
+        return Chain(head, readable, writable)
 
     cdef int _indirect(self, uint16_t head, uint32_t *count) except -100:
         cdef uint64_t addr = self._addrs[0]

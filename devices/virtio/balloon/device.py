@@ -94,15 +94,21 @@ class BalloonDevice(VirtioDevice):
         pfns = array.array("I", data[:len(data) - len(data) % 4])
         for start, count in _ranges(sorted(pfns)):
             try:
-                addr = self.active.memory.host_address(start << PAGE_SHIFT, count << PAGE_SHIFT)
-            except ValueError:
-                self.metrics.invalid_pfns += count
-                continue
-            if discard(addr, count << PAGE_SHIFT):
-                self.metrics.inflated_pages += count
-            else:
-                self.metrics.madvise_failures += 1
+                self._give_back(start, count)
+            except ValueError:  # the run crosses a memory region boundary or leaves RAM
+                for pfn in range(start, start + count):
+                    try:
+                        self._give_back(pfn, 1)
+                    except ValueError:
+                        self.metrics.invalid_pfns += 1
         return 0
+
+    def _give_back(self, pfn: int, count: int) -> None:
+        addr = self.active.memory.host_address(pfn << PAGE_SHIFT, count << PAGE_SHIFT)
+        if discard(addr, count << PAGE_SHIFT):
+            self.metrics.inflated_pages += count
+        else:
+            self.metrics.madvise_failures += 1
 
     def _deflate(self, chain) -> int:
         # Deflated pages fault back in on first touch; nothing to do but count.
