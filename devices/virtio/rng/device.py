@@ -1,6 +1,6 @@
 """The virtio-rng device. Requests are served from the VMM's event loop (getrandom is
 fast and non-blocking after boot), optionally behind a bytes/ops rate limiter; a
-throttled request waits on the avail ring until the next kick or `retry()`."""
+throttled request waits on the avail ring and a timerfd retries it when tokens are back."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ from ...ratelimiter import RateLimiter
 from ..constants import DeviceType
 from ..device import VirtioDevice
 from ..errors import ChainError, QueueCorrupt
+from ..timerfd import TimerFd
 from . import MAX_REQUEST, QUEUE_SIZE
 from .metrics import RngMetrics
 from .persist import RngState
@@ -22,6 +23,20 @@ class RngDevice(VirtioDevice):
         super().__init__()
         self.rate_limiter = rate_limiter
         self.metrics = RngMetrics()
+        self._timer = TimerFd() if rate_limiter is not None else None
+
+    def activated(self) -> None:
+        if self._timer is not None:
+            self.active.events.add_reader(self._timer.fileno(), self.retry)
+
+    def deactivated(self, act) -> None:
+        if self._timer is not None:
+            act.events.remove_reader(self._timer.fileno())
+
+    def close(self) -> None:
+        super().close()
+        if self._timer is not None:
+            self._timer.close()
 
     def process_queue(self, index: int) -> None:
         act = self.active
@@ -42,6 +57,7 @@ class RngDevice(VirtioDevice):
                 if self.rate_limiter is not None and not self.rate_limiter.consume(want):
                     self.metrics.throttled += 1
                     q.undo_pop()
+                    self._timer.arm(self.rate_limiter.wait_time(want))
                     break
                 q.add_used(chain.head, self._fill(chain, want))
             if q.needs_notification():
@@ -50,7 +66,8 @@ class RngDevice(VirtioDevice):
             act.fail(e)
 
     def retry(self) -> None:
-        """Serve requests left waiting by the rate limiter (the VMM calls this on a timer)."""
+        """The throttle timer fired: serve the requests left waiting."""
+        self._timer.clear()
         self.process_queue(0)
 
     def _fill(self, chain, want: int) -> int:

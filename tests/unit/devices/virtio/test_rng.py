@@ -56,6 +56,18 @@ def test_rate_limited(rng, loop):
     assert len(q.get_used()) == 1 and dev.metrics.throttled == 1
 
 
+def test_throttled_request_served_by_timer(rng, loop):
+    dev, d = rng(rate_limiter=RateLimiter(ops=BucketConfig(1, 50)))
+    q = d.queues[0]
+    q.add([], [8])
+    q.add([], [8])
+    d.kick(0)
+    loop.run_once()
+    assert len(q.get_used()) == 1
+    loop.run_once(timeout=2)  # the timerfd fires once the bucket refilled
+    assert len(q.get_used()) == 1
+
+
 def test_save_restore_compare(rng, loop):
     dev, d = rng(rate_limiter=RateLimiter(bandwidth=BucketConfig(1000, 1000)))
     state = dev.save()
