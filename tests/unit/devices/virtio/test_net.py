@@ -170,3 +170,19 @@ def test_save_restore_compare(net):
         assert dev2.save() == state
     finally:
         dev2.close()
+
+
+def test_tx_rate_limited_frames_still_leave(netns, memory, interrupt, loop, queue_cls):
+    from devices.ratelimiter import BucketConfig, RateLimiter
+    ns, fd = netns
+    dev = NetDevice(fd, GUEST_MAC, "mmtap0", tx_rate_limiter=RateLimiter(ops=BucketConfig(1, 30)))
+    t = MmioTransport(dev, memory, interrupt, loop)
+    try:
+        d = MockDriver(t, memory, queue_size=16)
+        for _ in range(3):
+            d.queues[1].add([bytes(12) + arp_request()], [])
+        d.kick(1)
+        assert len(d.queues[1].wait_used(3)) == 3
+        assert dev.metrics.tx_packets == 3 and dev.metrics.tx_throttled >= 1
+    finally:
+        t.close()

@@ -253,3 +253,32 @@ def test_save_restore_sends_transport_reset(vsock, interrupt, loop):
         s.close()
     finally:
         t2.close()
+
+
+def test_hundred_guest_initiated_streams(vsock):
+    dev, g, path = vsock
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_7000")
+    lst.listen(200)
+    lst.settimeout(10)
+    n = 100
+    for i in range(n):
+        g.send(OP_REQUEST, 40000 + i, 7000)
+        while len(g.tx.free) < 2:
+            g.tx.get_used()
+    conns = [lst.accept()[0] for _ in range(n)]
+    resps = g.recv(n, match=lambda h: h.op == OP_RESPONSE)
+    assert sorted(h.dst_port for h, _ in resps) == list(range(40000, 40000 + n))
+    for c in conns:
+        c.settimeout(10)
+        c.sendall(b"hi")
+    rws = g.recv(n, match=lambda h: h.op == OP_RW)
+    assert all(data == b"hi" for _, data in rws)
+    for h, _ in rws:
+        g.send(OP_RW, h.dst_port, 7000, b"yo")
+        while len(g.tx.free) < 2:
+            g.tx.get_used()
+    assert all(c.recv(10) == b"yo" for c in conns)
+    for c in conns:
+        c.close()
+    lst.close()
