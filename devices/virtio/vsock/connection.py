@@ -16,7 +16,6 @@ from . import CONN_BUF_ALLOC
 class ConnState(enum.Enum):
     CONNECTING = "connecting"  # host-initiated, waiting for the guest's RESPONSE
     ESTABLISHED = "established"
-    CLOSING = "closing"  # we told the guest to shut down; waiting for its RST
 
 
 class Connection:

@@ -331,11 +331,10 @@ class Muxer:
             except OSError:
                 self._reset(c)
                 return self._fill(chain) if self.control else None
-            if got == 0:  # the host closed its end: ask the guest to shut down, wait for RST
+            if got == 0:  # host EOF: it sends no more but may still read (half-close)
                 del self.rx_ready[key]
                 c.host_eof = True
-                c.state = ConnState.CLOSING
-                chain.write(0, self._hdr(c, OP_SHUTDOWN, 0, SHUTDOWN_RCV | SHUTDOWN_SEND).pack())
+                chain.write(0, self._hdr(c, OP_SHUTDOWN, 0, SHUTDOWN_SEND).pack())
                 return HDR_SIZE
             c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
             self.metrics.rx_bytes += got

@@ -133,10 +133,15 @@ def test_guest_connects_to_host_listener(vsock):
     conn.sendall(b"pong")
     (rw, data), = g.recv()
     assert data == b"pong"
-    conn.close()  # host closes: the guest is asked to shut down
+    conn.shutdown(socket.SHUT_WR)  # host half-closes: the guest sees EOF, can still send
     (sd, _), = g.recv()
-    assert sd.op == OP_SHUTDOWN and sd.flags == 3
-    g.send(OP_RST, 777, 5000)
+    assert sd.op == OP_SHUTDOWN and sd.flags == 2
+    g.send(OP_RW, 777, 5000, b"after eof")
+    assert conn.recv(20) == b"after eof"
+    conn.close()
+    g.send(OP_SHUTDOWN, 777, 5000, flags=3)
+    (rst, _), = g.recv()
+    assert rst.op == OP_RST and not dev.mux.conns
     lst.close()
 
 
