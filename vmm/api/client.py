@@ -86,11 +86,14 @@ class WorkerClient:
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         return self.call("wait", timeout)
 
-    def console(self) -> socket.socket:
-        """A blocking socket carrying the guest console both ways (close it to detach)."""
+    def console(self, offset: int | None = None) -> socket.socket:
+        """A blocking socket carrying the guest console both ways (close it to detach).
+
+        With `offset`, console.log from that byte on is replayed first, without gaps or
+        repeats, so an attached `mm run` misses nothing printed before it connected."""
         sock = self._connect(self.timeout)
         try:
-            self._exchange(sock, "console", {})
+            self._exchange(sock, "console", {} if offset is None else {"offset": offset})
         except BaseException:
             sock.close()
             raise

@@ -29,7 +29,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "kill": ("signal",),
     "stats": (),
     "wait": (),
-    "console": (),
+    "console": ("offset",),
     "exec": ("port",),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {"exec": ("port",)}

@@ -46,8 +46,7 @@ def run_worker(spec_path: Path, ready_fd: int) -> int:
     machines = open_machines(Path(spec.state_dir))
     machines.set_worker(spec.machine_id, spec.generation, *self_identity())
     loop = Loop()
-    console_fd = os.open(paths.console_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    service = WorkerService(loop, spec, machines, console_fd)
+    service = WorkerService(loop, spec, machines, paths.console_log)
     try:
         vm = load_factory(spec.factory)(spec.machine, service.console_sink, loop)
         server = ApiServer(loop, paths.api_socket, service)

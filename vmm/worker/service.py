@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from vmm.api import protocol
@@ -33,15 +34,21 @@ def log(msg: str) -> None:
 
 
 class WorkerService:
-    def __init__(self, loop: Loop, spec: WorkerSpec, machines: Machines, console_fd: int) -> None:
+    def __init__(self, loop: Loop, spec: WorkerSpec, machines: Machines, console_log: Path) -> None:
         self.loop, self.spec, self.machines = loop, spec, machines
-        self.console_fd = console_fd
+        # opened now, before any jail: appended to by the sink, read back for console replays
+        flags = os.O_CREAT | os.O_CLOEXEC
+        self.console_fd = os.open(console_log, os.O_WRONLY | os.O_APPEND | flags, 0o600)
+        self._log_read_fd = os.open(console_log, os.O_RDONLY | os.O_CLOEXEC)
         self.machine: VirtualMachine | None = None
         self.state = State.STARTING
         self.exit: ExitState | None = None
         self.started = time.monotonic()
         self.console_bytes = 0
-        self._consoles: set[Connection] = set()
+        # absolute offset in console.log of the next byte the guest writes (the log spans starts)
+        self.log_pos = os.fstat(self.console_fd).st_size
+        self._log_lock = threading.Lock()
+        self._consoles: dict[Connection, int] = {}  # -> log offset sent up to
         self._waiters: list[tuple[Connection, int]] = []
         self._kill_timer: Timer | None = None
         self.on_exit: Callable[[], None] | None = None
@@ -50,14 +57,20 @@ class WorkerService:
 
     def console_sink(self, data: bytes) -> None:
         """Called from vCPU threads with guest console output."""
-        os.write(self.console_fd, data)
-        self.console_bytes += len(data)
+        with self._log_lock:
+            os.write(self.console_fd, data)
+            start = self.log_pos
+            self.log_pos += len(data)
+            self.console_bytes += len(data)
         if self._consoles:
-            self.loop.call_soon_threadsafe(lambda: self._broadcast(data))
+            self.loop.call_soon_threadsafe(lambda: self._broadcast(start, data))
 
-    def _broadcast(self, data: bytes) -> None:
-        for conn in list(self._consoles):
-            conn.send_raw(data)
+    def _broadcast(self, start: int, data: bytes) -> None:
+        for conn, sent in list(self._consoles.items()):
+            if start + len(data) > sent:  # skip what a replay from the log already sent
+                conn.send_raw(data[max(0, sent - start):])
+                if conn in self._consoles:  # send_raw drops a reader that fell too far behind
+                    self._consoles[conn] = start + len(data)
 
     def attach(self, machine: VirtualMachine) -> None:
         """Start the VM and a thread that reports its end to the loop."""
@@ -217,10 +230,20 @@ class WorkerService:
         return out
 
     def op_console(self, req, conn) -> Any:
+        offset = req.args.get("offset")
+        if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0):
+            raise BadArgument(f"console offset must be an integer >= 0, not {offset!r}")
         machine = self._need(State.RUNNING, State.PAUSED, State.STOPPING)
-        self._consoles.add(conn)
-        conn.on_close = lambda: self._consoles.discard(conn)
-        conn.upgrade(req.id, {"state": self.state.value}, machine.write_console)
+        with self._log_lock:
+            end = self.log_pos
+            replay = b""
+            if offset is not None and offset < end:
+                replay = os.pread(self._log_read_fd, end - offset, offset)
+        self._consoles[conn] = end
+        conn.on_close = lambda: self._consoles.pop(conn, None)
+        conn.upgrade(req.id, {"state": self.state.value, "offset": end - len(replay)}, machine.write_console)
+        if replay:
+            conn.send_raw(replay)
         return DEFERRED
 
     def op_exec(self, req, conn) -> Any:
