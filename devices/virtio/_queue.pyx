@@ -213,9 +213,9 @@ cdef class SplitQueue:
             rc = walk(&table[0], length // 16, 0, False, self._addrs, self._lens, self._flags, count)
         return rc
 
-    def undo_pop(self):
-        """Put the last popped chain back (the device could not serve it yet, e.g. throttled)."""
-        self._next_avail -= 1
+    def undo_pop(self, count=1):
+        """Put the last `count` popped chains back (the device could not serve them yet)."""
+        self._next_avail -= <uint16_t>count
         if self.event_idx:
             mm_store16(self._used + 4 + 8 * self.size, self._next_avail)
 

@@ -102,9 +102,9 @@ class SplitQueue:
                 raise ChainError(f"chain {head}: indirect next {nxt} >= table size {n}", head)
             idx = nxt
 
-    def undo_pop(self) -> None:
-        """Put the last popped chain back (the device could not serve it yet, e.g. throttled)."""
-        self.next_avail = (self.next_avail - 1) & 0xFFFF
+    def undo_pop(self, count: int = 1) -> None:
+        """Put the last `count` popped chains back (the device could not serve them yet)."""
+        self.next_avail = (self.next_avail - count) & 0xFFFF
         if self.event_idx:
             _U16.pack_into(self._used, 4 + 8 * self.size, self.next_avail)
 

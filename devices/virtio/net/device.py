@@ -19,7 +19,7 @@ from ..device import Activated, VirtioDevice
 from ..errors import ChainError, QueueCorrupt
 from . import (
     F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_HOST_ECN, F_HOST_TSO4, F_HOST_TSO6,
-    F_MAC, F_STATUS, MAX_FRAME, QUEUE_SIZE, RX_QUEUE, STATUS_LINK_UP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
+    F_MAC, F_MRG_RXBUF, F_STATUS, MAX_FRAME, MAX_PLAIN_FRAME, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, STATUS_LINK_UP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
     TUN_F_TSO_ECN, TX_QUEUE, VNET_HDR_SIZE, NetError,
 )
 from .metrics import NetMetrics
@@ -27,7 +27,7 @@ from .persist import NetState
 from .tap import configure, open_tap
 
 OFFERED = (F_CSUM, F_GUEST_CSUM, F_MAC, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
-           F_HOST_ECN, F_STATUS)
+           F_HOST_ECN, F_MRG_RXBUF, F_STATUS)
 
 
 def parse_mac(mac: str) -> bytes:
@@ -56,6 +56,8 @@ class NetDevice(VirtioDevice):
         self._thread: threading.Thread | None = None
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
+        self._bounce = memoryview(bytearray(MAX_FRAME))
+        self._pending: bytes | None = None  # a frame waiting for more rx buffers (MRG_RXBUF)
 
     def config_space(self) -> bytes:
         # virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu
@@ -164,39 +166,92 @@ class NetDevice(VirtioDevice):
 
     def _rx(self, act: Activated) -> float | None:
         q, wait = act.queues[RX_QUEUE], None
-        if q is None or not self.tap_readable:
+        if q is None or not (self.tap_readable or self._pending):
             return None
         while True:
             if self.rx_limiter is not None and self.rx_limiter.blocked():
                 self.metrics.rx_throttled += 1
                 wait = self.rx_limiter.wait_time(1)
                 break
-            chain = self._pop(q)
-            if chain is None:
+            chains, room = self._rx_chains(q)
+            if not chains:
                 self.rx_room = False
                 break
-            if chain.writable_len < VNET_HDR_SIZE or chain.readable:
-                q.add_used(chain.head, 0)
-                continue
-            try:
-                n = os.readv(self.tap_fd, chain.writable)
-            except BlockingIOError:
-                q.undo_pop()
-                self.tap_readable = False
+            n = self._rx_frame(q, chains, room)
+            if n is None:
                 break
-            except OSError:
-                self.metrics.tap_errors += 1
-                q.undo_pop()
-                self.tap_readable = False
-                break
-            self.metrics.rx_packets += 1
-            self.metrics.rx_bytes += max(0, n - VNET_HDR_SIZE)
+            self._rx_used(q, chains, n)
             if self.rx_limiter is not None:
                 self.rx_limiter.charge(max(0, n - VNET_HDR_SIZE))
-            q.add_used(chain.head, n)
         if q.needs_notification():
             act.signal_used(RX_QUEUE)
         return wait
+
+    def _rx_frame(self, q, chains: list, room: int) -> int | None:
+        """Put one frame into `chains`; its length, or None (chains given back) if there
+        is no frame or it does not fit yet. Straight from the TAP into guest buffers when
+        they can hold any frame; else through a bounce buffer, as the size is unknown."""
+        frame = self._pending
+        if frame is None:
+            direct = room >= self._max_frame() or not self.has_feature(F_MRG_RXBUF)
+            try:
+                if direct:
+                    return os.readv(self.tap_fd, [v for c in chains for v in c.writable])
+                frame = self._bounce[:os.readv(self.tap_fd, [self._bounce])]
+            except OSError as e:
+                if not isinstance(e, BlockingIOError):
+                    self.metrics.tap_errors += 1
+                q.undo_pop(len(chains))
+                self.tap_readable = False
+                return None
+        if len(frame) > room:
+            self._pending = bytes(frame)  # wait for the guest to post more buffers
+            q.undo_pop(len(chains))
+            self.rx_room = False
+            return None
+        self._pending = None
+        off = 0
+        for c in chains:
+            off += c.write(0, frame[off:off + c.writable_len])
+        return len(frame)
+
+    def _max_frame(self) -> int:
+        tso = self.has_feature(F_GUEST_TSO4) or self.has_feature(F_GUEST_TSO6)
+        return MAX_FRAME if tso else MAX_PLAIN_FRAME
+
+    def _rx_chains(self, q) -> tuple[list, int]:
+        """Chains for one frame: one, or with MRG_RXBUF up to what a largest frame needs."""
+        need = self._max_frame()
+        chains, room = [], 0
+        while room < need and (not chains or self.has_feature(F_MRG_RXBUF)):
+            chain = self._pop(q)
+            if chain is None:
+                break
+            if chain.writable_len < VNET_HDR_SIZE or chain.readable:
+                if chains:  # leave it first in line; it is handed back empty next time
+                    q.undo_pop()
+                    break
+                q.add_used(chain.head, 0)
+                continue
+            chains.append(chain)
+            room += chain.writable_len
+        return chains, room
+
+    def _rx_used(self, q, chains: list, n: int) -> None:
+        """Return the chains a frame of `n` bytes filled; put unused ones back."""
+        lengths, left = [], n
+        for c in chains:
+            if left <= 0:
+                break
+            lengths.append(min(left, c.writable_len))
+            left -= lengths[-1]
+        chains[0].write(NUM_BUFFERS_OFFSET, len(lengths).to_bytes(2, "little"))
+        if len(chains) > len(lengths):
+            q.undo_pop(len(chains) - len(lengths))
+        for c, length in zip(chains, lengths):
+            q.add_used(c.head, length)
+        self.metrics.rx_packets += 1
+        self.metrics.rx_bytes += max(0, n - VNET_HDR_SIZE)
 
     # -- persist ---------------------------------------------------------------------
     def save(self) -> NetState:

@@ -193,3 +193,13 @@ def test_state_roundtrip(queue_cls, memory, alloc):
     q2 = queue_cls(memory, s.size, s.desc_addr, s.avail_addr, s.used_addr, next_avail=s.next_avail,
                    next_used=s.next_used, num_added=s.num_added)
     assert q2.state() == s
+
+
+def test_undo_pop(queue_cls, memory, alloc):
+    dq, q = make(queue_cls, memory, alloc, event_idx=True)
+    heads = [dq.add([bytes([i])], []) for i in range(3)]
+    assert [q.pop().head for _ in range(3)] == heads
+    q.undo_pop(2)
+    assert q.next_avail == 1 and q.pending() == 2
+    assert int.from_bytes(memory.read(dq.used + 4 + 8 * 8, 2), "little") == 1  # avail_event follows
+    assert q.pop().read() == bytes([1])
