@@ -49,6 +49,12 @@ _MESSAGES = {
 }
 
 
+def _bytes(v):
+    """The view as unsigned bytes (a GuestMemory may hand out 'c'-format views)."""
+    m = memoryview(v)
+    return m if m.format == "B" else m.cast("B")
+
+
 cdef int walk(const uint8_t *table, uint32_t n, uint32_t start, bint direct,
               uint64_t *addrs, uint32_t *lens, uint16_t *flags, uint32_t *count) noexcept nogil:
     """Follow a chain in a descriptor table of `n` entries starting at `start`."""
@@ -114,7 +120,7 @@ cdef class SplitQueue:
         self.memory = memory
         self.size = size
         self.desc_addr, self.avail_addr, self.used_addr = desc_addr, avail_addr, used_addr
-        self._dmv, self._amv, self._umv = self._views
+        self._dmv, self._amv, self._umv = [_bytes(v) for v in self._views]
         self._desc = &self._dmv[0]
         self._avail = &self._amv[0]
         self._used = &self._umv[0]
@@ -206,7 +212,7 @@ cdef class SplitQueue:
         if length == 0 or length % 16 or length // 16 > self.size:
             raise ChainError(f"chain {head}: bad indirect table length {length}", head)
         try:
-            table = self.memory.view(addr, length)
+            table = _bytes(self.memory.view(addr, length))
         except ValueError as e:
             raise ChainError(f"chain {head}: indirect table outside guest memory: {e}", head) from None
         with nogil:

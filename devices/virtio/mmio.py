@@ -57,6 +57,7 @@ class MmioTransport:
         self.events = events
         self.queue_events = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in device.queue_max_sizes]
         self._lock = threading.Lock()
+        self.last_error: Exception | None = None  # why the device asked for a reset
         device.on_config_change = self._config_interrupt
         self._clear()
 

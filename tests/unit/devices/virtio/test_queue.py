@@ -203,3 +203,16 @@ def test_undo_pop(queue_cls, memory, alloc):
     assert q.next_avail == 1 and q.pending() == 2
     assert int.from_bytes(memory.read(dq.used + 4 + 8 * 8, 2), "little") == 1  # avail_event follows
     assert q.pop().read() == bytes([1])
+
+
+def test_char_format_views_accepted(queue_cls, memory, alloc):
+    class CharViews:
+        size = memory.size
+
+        def view(self, gpa, length):
+            return memory.view(gpa, length).cast("c")
+
+    dq = DriverQueue(memory, 8, alloc)
+    q = queue_cls(CharViews(), 8, dq.desc, dq.avail, dq.used, indirect=True)
+    dq.add([b"abc"], [2], indirect=True)
+    assert q.pop().read() == b"abc"
