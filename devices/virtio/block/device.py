@@ -93,6 +93,8 @@ class BlockDevice(VirtioDevice):
                 except BlockingIOError:
                     pass
             wait = self.process(act)
+            if self.active is not act:  # failed or reset from inside process()
+                return
             timeout = None if wait is None else max(1, int(wait * 1000))
 
     def process(self, act: Activated) -> float | None:

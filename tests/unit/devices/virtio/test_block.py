@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import struct
 
 import pytest
@@ -172,3 +173,27 @@ def test_save_restore_compare(disk, memory, interrupt, loop):
         assert request(d, T_IN, 0, read_len=512)[1] == b"s" * 512
     finally:
         t2.close()
+
+
+def test_corrupt_queue_marks_needs_reset(disk, memory):
+    from devices.virtio.constants import Reg, Status
+    dev, d = disk()
+    memory.write(d.queues[0].avail + 2, (999).to_bytes(2, "little"))
+    d.kick(0)
+    for _ in range(500):
+        if d.reg(Reg.STATUS) & Status.DEVICE_NEEDS_RESET:
+            break
+        time.sleep(0.002)
+    assert d.reg(Reg.STATUS) & Status.DEVICE_NEEDS_RESET and dev.active is None
+
+
+def test_reset_while_busy_then_reinit(disk, memory):
+    dev, d = disk()
+    q = d.queues[0]
+    for i in range(5):
+        q.add([struct.pack("<IIQ", T_IN, 0, i)], [512, 1])
+    d.kick(0)
+    d.set(0x70, 0)  # driver resets with requests in flight
+    assert dev.active is None
+    d2 = MockDriver(d.t, memory, queue_size=16, alloc=d.alloc)
+    assert request(d2, T_IN, 0, read_len=512)[0] == S_OK
