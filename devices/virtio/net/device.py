@@ -106,7 +106,10 @@ class NetDevice(VirtioDevice):
         while not self._stopping:
             mask = (select.POLLIN if self.rx_room and not self.tap_readable else 0)
             mask |= select.POLLOUT if self.tx_blocked else 0
-            poller.register(self.tap_fd, mask) if mask else _unregister(poller, self.tap_fd)
+            if mask:
+                poller.register(self.tap_fd, mask)
+            else:
+                _unregister(poller, self.tap_fd)
             timeout = None if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
             for fd, ev in poller.poll(timeout):
                 if fd == self.tap_fd:
@@ -131,7 +134,8 @@ class NetDevice(VirtioDevice):
                 return q.pop()
             except ChainError as e:
                 self.invalid_chains += 1
-                q.add_used(e.head, 0) if e.head < q.size else None
+                if e.head < q.size:
+                    q.add_used(e.head, 0)
 
     def _tx(self, act: Activated) -> float | None:
         q, wait = act.queues[TX_QUEUE], None

@@ -49,7 +49,8 @@ class RngDevice(VirtioDevice):
                     chain = q.pop()
                 except ChainError as e:
                     self.invalid_chains += 1
-                    q.add_used(e.head, 0) if e.head < q.size else None
+                    if e.head < q.size:
+                        q.add_used(e.head, 0)
                     continue
                 if chain is None:
                     break

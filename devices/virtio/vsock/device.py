@@ -119,7 +119,8 @@ class VsockDevice(VirtioDevice):
         try:
             chain = q.pop()
         except ChainError as e:
-            q.add_used(e.head, 0) if e.head < q.size else None
+            if e.head < q.size:
+                q.add_used(e.head, 0)
             return
         if chain is None:
             return  # retried when the guest adds an event buffer

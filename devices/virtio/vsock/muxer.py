@@ -210,7 +210,10 @@ class Muxer:
         self.metrics.tx_packets += 1
         c = self.conns.get((h.dst_port, h.src_port))
         if h.op == OP_REQUEST:
-            self._rst_for(h) if c is not None else self._guest_connect(h)
+            if c is not None:
+                self._rst_for(h)
+            else:
+                self._guest_connect(h)
             return
         if c is None:
             if h.op != OP_RST:
