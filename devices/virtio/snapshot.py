@@ -1,6 +1,7 @@
 """One saved virtio device (transport registers + device state), and restoring it.
 
-`save(transport)` gives a `VirtioDeviceState` of frozen dataclasses; `restore(state, ...)`
+`save(transport)` gives a `VirtioDeviceState` of frozen dataclasses (`dataclasses.asdict`
+makes it JSON-ready, `from_data` reads it back); `restore(state, ...)`
 rebuilds device and transport and re-activates the device if the driver had it
 running. The device kind is looked up in `KINDS`; backends that cannot be reopened by
 path (a TAP fd) are passed as keyword arguments to the device's `restore`.
@@ -14,11 +15,17 @@ from .block.device import BlockDevice
 from .errors import DeviceError
 from .mmio import MmioTransport
 from .net.device import NetDevice
-from .persist import TransportState
+from .balloon.persist import BalloonState
+from .block.persist import BlockState
+from .net.persist import NetState
+from .persist import TransportState, from_dict
+from .rng.persist import RngState
+from .vsock.persist import VsockState
 from .rng.device import RngDevice
 from .vsock.device import VsockDevice
 
 KINDS = {"block": BlockDevice, "net": NetDevice, "vsock": VsockDevice, "rng": RngDevice, "balloon": BalloonDevice}
+STATES = {"block": BlockState, "net": NetState, "vsock": VsockState, "rng": RngState, "balloon": BalloonState}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +33,15 @@ class VirtioDeviceState:
     kind: str
     transport: TransportState
     device: object  # the device's own frozen state dataclass
+
+
+def from_data(data: dict) -> VirtioDeviceState:
+    """The state back from `dataclasses.asdict(state)` (e.g. after a JSON round trip)."""
+    kind = data.get("kind")
+    if kind not in STATES:
+        raise DeviceError(f"snapshot holds an unknown virtio device kind {kind!r}",
+                          hint="the snapshot was written by a newer mm")
+    return VirtioDeviceState(kind, from_dict(TransportState, data["transport"]), from_dict(STATES[kind], data["device"]))
 
 
 def save(transport: MmioTransport) -> VirtioDeviceState:
