@@ -10,6 +10,7 @@ import os
 import select
 import struct
 import threading
+import time
 
 from ..constants import DeviceType
 from ..device import Activated, VirtioDevice
@@ -85,7 +86,9 @@ class VsockDevice(VirtioDevice):
         registered: dict[int, int] = {}
         while not self._stopping:
             registered = self._update_poll(poller, registered)
-            for fd, events in poller.poll():
+            deadline = self.mux.next_deadline()
+            timeout = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+            for fd, events in poller.poll(timeout):
                 if fd == self._wake or fd in fixed:
                     _drain_eventfd(fd)
                     if fixed.get(fd) == RX_QUEUE:
@@ -95,6 +98,8 @@ class VsockDevice(VirtioDevice):
             if self._stopping:
                 return
             try:
+                if deadline is not None:
+                    self.mux.expire(time.monotonic())
                 if self._reset_event_pending:
                     self._send_reset_event(act)
                 self.mux.process_tx(act)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import select
 import socket
 import stat
+import time
 
 from ..errors import ChainError, QueueCorrupt
 from . import (
@@ -26,6 +28,7 @@ from .packet import HDR_SIZE, Header
 
 MAX_STREAMS = 2048
 MAX_PENDING_CONTROL = 4096  # stop reading tx while this many replies wait for rx buffers
+CONNECT_TIMEOUT = 2.0  # seconds a host-initiated stream waits for the guest's RESPONSE
 
 
 def open_listener(path: str) -> socket.socket:
@@ -66,11 +69,21 @@ class Muxer:
         self.rx_ready: dict[tuple[int, int], Connection] = {}
         self.rx_room = True
         self.next_port = FIRST_LOCAL_PORT
+        self.connecting: dict[tuple[int, int], float] = {}  # host-initiated stream -> deadline
+
+    def next_deadline(self) -> float | None:
+        return min(self.connecting.values(), default=None)
+
+    def expire(self, now: float) -> None:
+        """Give up on host-initiated streams the guest never answered (no listener)."""
+        for key, deadline in list(self.connecting.items()):
+            if deadline <= now:
+                self.metrics.connect_failures += 1
+                self._reset(self.conns[key])
 
     # -- poll interest ---------------------------------------------------------------
     def interest(self) -> dict[int, int]:
         """fd -> poll mask for every socket right now."""
-        import select
         want = {self.listener.fileno(): select.POLLIN}
         for fd in self.clients:
             want[fd] = select.POLLIN
@@ -85,7 +98,6 @@ class Muxer:
         return want
 
     def on_ready(self, fd: int, events: int) -> None:
-        import select
         if fd == self.listener.fileno():
             self._accept()
         elif fd in self.clients:
@@ -132,6 +144,7 @@ class Muxer:
         del self.clients[s.fileno()]
         local = self._alloc_port()
         c = Connection(s, local, port, ConnState.CONNECTING)
+        self.connecting[c.key] = time.monotonic() + CONNECT_TIMEOUT
         self._add(c)
         self.metrics.host_connects += 1
         self.control.append(self._hdr(c, OP_REQUEST))
@@ -154,6 +167,7 @@ class Muxer:
 
     def _remove(self, c: Connection) -> None:
         self.conns.pop(c.key, None)
+        self.connecting.pop(c.key, None)
         self.by_fd.pop(c.sock.fileno(), None)
         self.rx_ready.pop(c.key, None)
         c.sock.close()
@@ -230,6 +244,7 @@ class Muxer:
                 self._reset(c)
                 return
             c.state = ConnState.ESTABLISHED
+            self.connecting.pop(c.key, None)
             try:
                 c.sock.send(f"OK {c.local_port}\n".encode())
             except OSError:

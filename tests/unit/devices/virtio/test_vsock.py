@@ -287,3 +287,16 @@ def test_hundred_guest_initiated_streams(vsock):
     for c in conns:
         c.close()
     lst.close()
+
+
+def test_unanswered_host_connect_times_out(vsock, monkeypatch):
+    from devices.virtio.vsock import muxer
+    monkeypatch.setattr(muxer, "CONNECT_TIMEOUT", 0.2)
+    dev, g, path = vsock
+    s = host_connect(path, 4321)
+    (req, _), = g.recv()
+    assert req.op == OP_REQUEST
+    assert s.recv(10) == b""  # the device hung up after the timeout
+    (rst, _), = g.recv()
+    assert rst.op == OP_RST and rst.src_port == req.src_port
+    assert dev.metrics.connect_failures == 1
