@@ -186,3 +186,13 @@ def parse_entrypoint(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [text] if text else []
+
+
+def parse_kernel(text: str | None) -> str | None:
+    """--kernel: an existing guest kernel file, kept as an absolute path."""
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--kernel {text}: no such file", "give the path of an uncompressed vmlinux")
+    return str(path.resolve())
