@@ -1,0 +1,192 @@
+"""vCPU threads: configure each vCPU, run it on its own host thread, pause/resume all.
+
+    vcpus = Vcpus(kvm, vm, [vm.create_vcpu(i) for i in range(n)], pio, mmio, on_exit)
+    vcpus.configure_all()        # CPUID (topology), boot MSRs, FPU, XCR0, LAPIC LINT pins
+    ...set entry registers (vmm.arch.x86.regs)...
+    vcpus.start()
+    vcpus.pause(timeout=1.0)     # every thread parked outside KVM_RUN; state readable
+    vcpus.resume()
+    exits = vcpus.wait()         # {index: VcpuExit} once every vCPU thread has ended
+    vcpus.stop()                 # ends all threads (also from on_exit)
+
+`on_exit(thread, RunExit) -> bool` is called on the vCPU's thread for every exit the
+run loop hands back except PAUSED; return True to re-enter the guest, False to end
+this vCPU. Pausing sets kvm_run.immediate_exit and sends KICK_SIGNAL to the thread, so
+the latency is bounded by one KVM_RUN exit, not by the guest.
+"""
+from __future__ import annotations
+
+import enum
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from vmm.arch.x86 import cpuid as cpuid_mod
+from vmm.arch.x86 import msrs as msrs_mod
+from vmm.arch.x86 import regs as regs_mod
+from vmm.errors import MMError
+
+KICK_SIGNAL = signal.SIGUSR1
+
+
+class VcpuError(MMError):
+    """A vCPU thread could not be started, paused or resumed."""
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+
+
+@dataclass
+class VcpuExit:
+    """How a vCPU thread ended: the run loop's RunExit and, for HANDLER_ERROR, the exception."""
+    reason: object
+    error: BaseException | None = None
+
+
+def configure(kvm, vcpu, ncpus: int, supported=None) -> None:
+    """CPUID (with this vCPU's topology), boot MSRs, FPU, XCR0 and LAPIC LINT pins."""
+    supported = supported if supported is not None else kvm.supported_cpuid()
+    vcpu.set_cpuid2(cpuid_mod.vcpu_cpuid(supported, vcpu.index, ncpus))
+    vcpu.set_msrs(msrs_mod.boot_msrs(kvm))
+    regs_mod.setup_fpu(vcpu)
+    regs_mod.setup_xcr0(vcpu, supported)
+    if vcpu.vm.has_irqchip:
+        regs_mod.setup_lapic(vcpu)
+
+
+class VcpuThread:
+    """One vCPU and the host thread that runs it."""
+
+    def __init__(self, group: "Vcpus", vcpu) -> None:
+        from vmm._fast.runloop import RunLoop
+
+        self.group = group
+        self.vcpu = vcpu
+        self.index = vcpu.index
+        self.loop = RunLoop(vcpu, group.pio.fast, group.mmio.fast)
+        self.state = State.CREATED
+        self.exit: VcpuExit | None = None
+        self.thread = threading.Thread(target=self._main, name=f"vcpu{self.index}", daemon=True)
+
+    def _main(self) -> None:
+        from vmm._fast.runloop import RunExit
+
+        g = self.group
+        try:
+            while True:
+                with g.cond:
+                    while g.want is State.PAUSED:
+                        self._set_state(State.PAUSED)
+                        g.cond.wait()
+                    if g.want is State.EXITED:
+                        break
+                    self.loop.clear_pause()
+                    self._set_state(State.RUNNING)
+                result = self.loop.run()
+                if result == RunExit.PAUSED:
+                    continue
+                if result == RunExit.HANDLER_ERROR:
+                    self.exit = VcpuExit(result, self.loop.error)
+                    break
+                if not g.on_exit(self, result):
+                    self.exit = VcpuExit(result)
+                    break
+        except BaseException as e:  # a bug in on_exit: end this vCPU, report it
+            self.exit = VcpuExit(None, e)
+        finally:
+            with g.cond:
+                if self.exit is None:
+                    self.exit = VcpuExit(None)
+                self._set_state(State.EXITED)
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self.group.cond.notify_all()
+
+    def kick(self) -> None:
+        """Interrupt KVM_RUN on this thread (after the loop's pause flag is set)."""
+        ident = self.thread.ident
+        if ident is not None and self.thread.is_alive():
+            try:
+                signal.pthread_kill(ident, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass  # the thread ended between the check and the kill
+
+
+def _default_on_exit(thread: VcpuThread, reason) -> bool:
+    return False
+
+
+class Vcpus:
+    """All vCPU threads of one VM."""
+
+    def __init__(self, kvm, vm, vcpus, pio, mmio,
+                 on_exit: Callable[[VcpuThread, object], bool] = _default_on_exit) -> None:
+        from vmm._fast.runloop import install_kick_signal
+
+        install_kick_signal(KICK_SIGNAL)
+        self.kvm, self.vm, self.pio, self.mmio = kvm, vm, pio, mmio
+        self.on_exit = on_exit
+        self.cond = threading.Condition()
+        self.want = State.RUNNING
+        self.threads = [VcpuThread(self, v) for v in vcpus]
+
+    def configure_all(self) -> None:
+        supported = self.kvm.supported_cpuid()
+        for t in self.threads:
+            configure(self.kvm, t.vcpu, len(self.threads), supported)
+
+    def start(self) -> None:
+        for t in self.threads:
+            if t.state is not State.CREATED:
+                raise VcpuError(f"vCPU {t.index} was started already")
+            t.thread.start()
+
+    def _request(self, want: State) -> None:
+        with self.cond:
+            self.want = want
+            if want is not State.RUNNING:
+                for t in self.threads:
+                    t.loop.request_pause()
+            self.cond.notify_all()
+        if want is not State.RUNNING:
+            for t in self.threads:
+                t.kick()
+
+    def _wait_for(self, ok, timeout: float | None, what: str) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while not all(ok(t) for t in self.threads):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise VcpuError(f"vCPUs did not {what} within {timeout} s",
+                                    "the host may be overloaded; retry")
+                self.cond.wait(left)
+
+    def pause(self, timeout: float | None = 5.0) -> None:
+        """Park every vCPU thread outside KVM_RUN; their state is then safe to read."""
+        self._request(State.PAUSED)
+        self._wait_for(lambda t: t.state in (State.PAUSED, State.EXITED, State.CREATED),
+                       timeout, "pause")
+
+    def resume(self) -> None:
+        self._request(State.RUNNING)
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """End every vCPU thread (safe to call from on_exit on a vCPU thread)."""
+        self._request(State.EXITED)
+        me = threading.current_thread()
+        for t in self.threads:
+            if t.thread is not me and t.thread.ident is not None:
+                t.thread.join(timeout)
+
+    def wait(self, timeout: float | None = None) -> dict[int, VcpuExit]:
+        """Block until every started vCPU thread has ended; {index: VcpuExit}."""
+        self._wait_for(lambda t: t.state in (State.EXITED, State.CREATED), timeout, "exit")
+        return {t.index: t.exit for t in self.threads}
