@@ -1,0 +1,151 @@
+"""Kernel loaders: ELF vmlinux (PVH entry note, else the 64-bit boot protocol) and bzImage.
+
+    kernel = load_kernel(mem, path)   # -> LoadedKernel(kind, entry, end, setup_header)
+
+`kind` is "pvh" (enter at the 32-bit XEN_ELFNOTE_PHYS32_ENTRY with hvm_start_info in
+ebx), "elf64" (enter at e_entry in long mode with boot_params in rsi) or "bzimage"
+(enter at load address + 0x200, the 64-bit entry, with boot_params in rsi). Every
+offset and size read from the file is checked against the file and guest RAM: a broken
+or hostile file raises KernelError, never writes outside guest memory.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from devices.interfaces import GuestMemoryError
+from vmm.arch.x86 import layout as L
+from vmm.errors import MMError
+
+ELF_MAGIC = b"\x7fELF"
+PT_LOAD = 1
+PT_NOTE = 4
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+BZIMAGE_MAGIC = b"HdrS"
+SETUP_HEADER_OFFSET = 0x1F1
+XLF_KERNEL_64 = 1 << 0
+MIN_64BIT_PROTOCOL = 0x020C   # boot protocol 2.12 added xloadflags / the 64-bit entry
+MAX_KERNEL_FILE = 1 << 30
+
+
+class KernelError(MMError):
+    """The kernel file is missing, unreadable, or not a kernel we can boot."""
+
+    hint = "pass a Linux vmlinux (ELF, x86-64) or bzImage, e.g. from `mm kernel path`"
+
+
+@dataclass(frozen=True)
+class LoadedKernel:
+    kind: str                 # pvh | elf64 | bzimage
+    entry: int                # guest-physical entry point
+    end: int                  # first byte after the loaded image
+    setup_header: bytes = b""  # bzImage only: bytes 0x1F1.. of the file, for boot_params
+
+
+def read_kernel_file(path: str | os.PathLike) -> bytes:
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise KernelError(f"kernel {os.fspath(path)!r} does not exist") from None
+    except OSError as exc:
+        raise KernelError(f"cannot read kernel {os.fspath(path)!r}: {exc.strerror}") from None
+    if size > MAX_KERNEL_FILE:
+        raise KernelError(f"kernel {os.fspath(path)!r} is {size >> 20} MiB; that is no kernel")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except IsADirectoryError:
+        raise KernelError(f"kernel {os.fspath(path)!r} is a directory") from None
+    except OSError as exc:
+        raise KernelError(f"cannot read kernel {os.fspath(path)!r}: {exc.strerror}") from None
+
+
+def load_kernel(mem, path: str | os.PathLike, prefer_pvh: bool = True) -> LoadedKernel:
+    """Load the kernel at `path` into guest memory `mem`."""
+    data = read_kernel_file(path)
+    name = os.fspath(path)
+    try:
+        if data[:4] == ELF_MAGIC:
+            return load_elf(mem, data, prefer_pvh=prefer_pvh, name=name)
+        if data[0x202:0x206] == BZIMAGE_MAGIC:
+            return load_bzimage(mem, data, name=name)
+    except GuestMemoryError as exc:
+        raise KernelError(f"kernel {name!r} does not fit in guest memory: {exc}",
+                          "give the VM more memory (--memory)") from None
+    raise KernelError(f"{name!r} is not a Linux kernel (neither ELF nor bzImage)")
+
+
+def _need(cond: bool, name: str, what: str) -> None:
+    if not cond:
+        raise KernelError(f"kernel {name!r} is malformed: {what}")
+
+
+def load_elf(mem, data: bytes, prefer_pvh: bool = True, name: str = "vmlinux") -> LoadedKernel:
+    _need(len(data) >= 64, name, "truncated ELF header")
+    ei_class, ei_data = data[4], data[5]
+    _need(ei_class == 2 and ei_data == 1, name, "not a 64-bit little-endian ELF")
+    (e_type, e_machine, _ver, e_entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
+     e_phnum) = struct.unpack_from("<HHIQQQIHHH", data, 16)
+    _need(e_machine == 62, name, f"ELF machine {e_machine} is not x86-64")
+    _need(e_type == 2, name, "not an executable ELF")
+    _need(e_phentsize == 56 and 0 < e_phnum <= 64, name, "bad program header table")
+    _need(e_phoff + e_phnum * 56 <= len(data), name, "program headers past end of file")
+    end = 0
+    pvh_entry = None
+    for i in range(e_phnum):
+        p_type, _pflags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, e_phoff + i * 56)
+        _need(p_offset + p_filesz <= len(data) and p_filesz <= p_memsz, name,
+              f"segment {i} lies outside the file")
+        if p_type == PT_LOAD:
+            _need(p_paddr >= L.HIGH_MEMORY, name, f"segment {i} loads below 1 MiB ({p_paddr:#x})")
+            mem.write(p_paddr, data[p_offset:p_offset + p_filesz])
+            if p_memsz > p_filesz:
+                mem.view(p_paddr + p_filesz, p_memsz - p_filesz)[:] = bytes(p_memsz - p_filesz)
+            end = max(end, p_paddr + p_memsz)
+        elif p_type == PT_NOTE and pvh_entry is None:
+            pvh_entry = find_pvh_entry(data[p_offset:p_offset + p_filesz])
+    _need(end > 0, name, "no loadable segments")
+    if prefer_pvh and pvh_entry is not None:
+        return LoadedKernel("pvh", pvh_entry, end)
+    # vmlinux's e_entry is the physical address of startup_64 (ENTRY(phys_startup_64)).
+    _need(e_entry < end, name, f"entry point {e_entry:#x} outside the loaded image")
+    return LoadedKernel("elf64", e_entry, end)
+
+
+def find_pvh_entry(notes: bytes) -> int | None:
+    """The XEN_ELFNOTE_PHYS32_ENTRY address in a PT_NOTE segment's bytes, if any."""
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+        name_start = pos + 12
+        desc_start = name_start + ((namesz + 3) & ~3)
+        nxt = desc_start + ((descsz + 3) & ~3)
+        if nxt > len(notes):
+            return None
+        if ntype == XEN_ELFNOTE_PHYS32_ENTRY and notes[name_start:name_start + namesz] == b"Xen\0":
+            if descsz == 4:
+                return struct.unpack_from("<I", notes, desc_start)[0]
+            if descsz == 8:
+                return struct.unpack_from("<Q", notes, desc_start)[0] & 0xFFFF_FFFF
+        pos = nxt
+    return None
+
+
+def load_bzimage(mem, data: bytes, name: str = "bzImage") -> LoadedKernel:
+    _need(len(data) >= 0x1000, name, "truncated bzImage")
+    setup_sects = data[SETUP_HEADER_OFFSET] or 4
+    version = struct.unpack_from("<H", data, 0x206)[0]
+    xloadflags = struct.unpack_from("<H", data, 0x236)[0]
+    _need(version >= MIN_64BIT_PROTOCOL and xloadflags & XLF_KERNEL_64, name,
+          f"boot protocol {version >> 8}.{version & 0xFF} without a 64-bit entry point")
+    kernel_offset = (setup_sects + 1) * 512
+    _need(kernel_offset < len(data), name, "setup code runs past the end of the file")
+    # The header's own length: 0x202 + the byte at 0x201 (the jump offset), capped at a page.
+    header_end = min(0x202 + data[0x201], 0x1000)
+    load_addr = L.DEFAULT_KERNEL_ADDR
+    image = data[kernel_offset:]
+    mem.write(load_addr, image)
+    return LoadedKernel("bzimage", load_addr + 0x200, load_addr + len(image),
+                        setup_header=data[SETUP_HEADER_OFFSET:header_end])
