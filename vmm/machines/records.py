@@ -7,13 +7,13 @@ step against `states.ALLOWED` and, for worker-reported outcomes, the start gener
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sqlite3
 import time
-from typing import Any, Iterator
+from typing import Any
 
+from vmm import store
 from vmm.machines import ids, liveness
 from vmm.machines.errors import AmbiguousMachine, InvalidTransition, MachineNotFound, NameInUse
 from vmm.machines.states import LIVE, STARTABLE, State, allowed
@@ -79,15 +79,8 @@ class Machines:
         self.conn = conn
         self.conn.row_factory = sqlite3.Row
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def _tx(self):
+        return store.transaction(self.conn)
 
     # -- reading -------------------------------------------------------------------------
 

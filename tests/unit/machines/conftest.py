@@ -1,4 +1,4 @@
-"""Fixtures: a real SQLite store file in WAL mode with the machines migration applied."""
+"""Fixtures: a real store file (vmm.store, WAL) with the machines migrations applied."""
 from __future__ import annotations
 
 import sqlite3
@@ -6,22 +6,19 @@ import sqlite3
 import pytest
 
 from vmm.machines import Machines
-from vmm.machines.schema import MIGRATIONS
+from vmm import store
+from vmm.machines.schema import AREA, MIGRATIONS
 
 
 def open_db(path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    return store.connect(path)
 
 
 @pytest.fixture
 def db_path(tmp_path):
-    path = tmp_path / "store.db"
+    path = tmp_path / "mm.db"
     conn = open_db(path)
-    for _, sql in MIGRATIONS:
-        conn.executescript(sql)
+    store.migrate(conn, AREA, MIGRATIONS)
     conn.close()
     return path
 
