@@ -26,9 +26,9 @@ from vmm.network import dns, ipam, links, netns, nft
 from vmm.network import ports as portspec
 from vmm.network.errors import BadPortSpec, NetworkError
 
-GUEST_IP = "172.31.255.2"
-GATEWAY_IP = "172.31.255.1"
-GUEST_PREFIXLEN = 30
+GUEST_IP = str(ipam.GUEST_SUBNET[2])
+GATEWAY_IP = str(ipam.GUEST_SUBNET[1])
+GUEST_PREFIXLEN = ipam.GUEST_SUBNET.prefixlen
 # Fixed MACs on both ends: a restored or branched guest's ARP cache stays valid.
 GUEST_MAC = "52:54:00:6d:6d:02"
 TAP_MAC = "52:54:00:6d:6d:01"

@@ -23,7 +23,7 @@ class NetworkInUse(NetworkError, Conflict):
 
 
 class SubnetOverlap(NetworkError, Conflict):
-    hint = "choose a subnet no host route or other mm network uses, e.g. `--subnet 10.89.0.0/16`"
+    hint = "choose a subnet that no host route, host address or other mm network uses (`ip route`, `mm network ls`)"
 
 
 class PoolExhausted(NetworkError):

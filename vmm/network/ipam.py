@@ -21,6 +21,8 @@ AREA = "network"
 DEFAULT_NAME = "mm"
 DEFAULT_SUBNET = "10.88.0.0/16"
 BRIDGE_PREFIX = "mm"
+# The addressing every guest sees inside its VM namespace (see vmm.network.attachment).
+GUEST_SUBNET = ipaddress.ip_network("172.31.255.0/30")
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -135,6 +137,8 @@ def create_network(conn, name: str, subnet: str, internal: bool, host_routes) ->
     with store.transaction(conn):
         if conn.execute("SELECT 1 FROM networks WHERE name = ?", (name,)).fetchone():
             raise NetworkExists(f"network {name!r} exists already")
+        if net.overlaps(GUEST_SUBNET):
+            raise SubnetOverlap(f"subnet {net} overlaps {GUEST_SUBNET}, the guests' fixed addressing")
         for other in list_networks(conn):
             if net.overlaps(ipaddress.ip_network(other.subnet)):
                 raise SubnetOverlap(f"subnet {net} overlaps network {other.name!r} ({other.subnet})")

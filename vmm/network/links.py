@@ -25,6 +25,7 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TAP_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
 MAIN_TABLE = 254
+LOCAL_TABLE = 255
 
 
 def _fail(what: str, exc: NetlinkError) -> NetworkError:
@@ -119,10 +120,15 @@ def ensure_default_route(ipr: IPRoute, gateway: str) -> None:
 
 
 def host_routes(ipr: IPRoute, ours: frozenset[str] = frozenset()) -> list[tuple[ipaddress.IPv4Network, str]]:
-    """Non-default IPv4 routes of the main table, except those on our own bridges `ours`."""
+    """Non-default IPv4 routes of the main and local tables, except on our bridges `ours`.
+
+    The local table holds the host's own addresses and 127.0.0.0/8.
+    """
     by_index = {link["index"]: link.get("ifname") for link in ipr.get_links()}
     routes = []
-    for route in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+    table = [*ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE),
+             *ipr.get_routes(family=socket.AF_INET, table=LOCAL_TABLE)]
+    for route in table:
         if route["dst_len"] == 0:
             continue
         dev = by_index.get(route.get("RTA_OIF"), "?")
