@@ -48,9 +48,9 @@ class Bus:
                     if base < b + s and b < base + size:
                         raise BusError(f"{self.name} range [{base:#x}, +{size:#x}) overlaps "
                                        f"[{b:#x}, +{s:#x}) of {d!r}")
-            self._bases.insert(i, base)
-            self._ranges.insert(i, (base, size, device, value))
-            self._sync()
+            ranges = list(self._ranges)
+            ranges.insert(i, (base, size, device, value))
+            self._commit(ranges)
 
     def register(self, base: int, size: int, device) -> None:
         """Attach `device` (BusDevice) at [base, base+size)."""
@@ -67,9 +67,7 @@ class Bus:
             i = bisect.bisect_left(self._bases, base)
             if i == len(self._bases) or self._bases[i] != base:
                 raise BusError(f"nothing registered at {self.name} {base:#x}")
-            del self._bases[i]
-            del self._ranges[i]
-            self._sync()
+            self._commit(self._ranges[:i] + self._ranges[i + 1:])
 
     def ranges(self) -> list[tuple[int, int, object]]:
         return [(b, s, d) for b, s, d, _ in self._ranges]
@@ -107,13 +105,17 @@ class Bus:
             if self._fast is None:
                 from vmm._fast.runloop import FastBus
 
-                self._fast = FastBus()
-                self._sync()
+                fast = FastBus()
+                fast.set_ranges(list(self._ranges))
+                self._fast = fast
             return self._fast
 
-    def _sync(self) -> None:
+    def _commit(self, ranges: list) -> None:
+        # The C side first: if it refuses a device, the Python side stays unchanged.
         if self._fast is not None:
-            self._fast.set_ranges(list(self._ranges))
+            self._fast.set_ranges(ranges)
+        self._ranges = ranges
+        self._bases = [r[0] for r in ranges]
 
 
 def pio_bus() -> Bus:

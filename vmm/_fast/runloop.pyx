@@ -141,7 +141,7 @@ cdef class FastBus:
     another thread registers a device never reads freed memory."""
     cdef bus_table_t *table
     cdef list _retired
-    cdef list _keep
+    cdef dict _keep     # every object any table (old or new) points at, by id
     cdef public uint64_t unhandled
 
     def __cinit__(self):
@@ -149,7 +149,7 @@ cdef class FastBus:
         self.table.n = 0
         self.table.ranges = NULL
         self._retired = []
-        self._keep = []
+        self._keep = {}
         self.unhandled = 0
 
     def __dealloc__(self):
@@ -170,28 +170,32 @@ cdef class FastBus:
         cdef io_handler_t *h
         t.n = n
         t.ranges = <bus_range_t *>malloc(sizeof(bus_range_t) * (n if n else 1))
-        for i, (base, size, device, value) in enumerate(ranges):
-            t.ranges[i].base = base
-            t.ranges[i].size = size
-            t.ranges[i].value = value
-            t.ranges[i].obj = NULL
-            t.ranges[i].fn = NULL
-            t.ranges[i].ctx = NULL
-            if device is None:
-                t.ranges[i].kind = _KIND_CONST
-            elif hasattr(device, "c_io_handler"):
-                cap = device.c_io_handler()
-                if not PyCapsule_IsValid(cap, _CAPSULE_NAME):
-                    raise TypeError(f"{device!r}.c_io_handler() must return a {IO_HANDLER_CAPSULE} capsule")
-                h = <io_handler_t *>PyCapsule_GetPointer(cap, _CAPSULE_NAME)
-                t.ranges[i].kind = _KIND_C
-                t.ranges[i].fn = h.fn
-                t.ranges[i].ctx = h.ctx
-                self._keep.append(cap)
-            else:
-                t.ranges[i].kind = _KIND_PYTHON
-                t.ranges[i].obj = <void *>device
-            self._keep.append(device)
+        try:
+            for i, (base, size, device, value) in enumerate(ranges):
+                t.ranges[i].base = base
+                t.ranges[i].size = size
+                t.ranges[i].value = value
+                t.ranges[i].obj = NULL
+                t.ranges[i].fn = NULL
+                t.ranges[i].ctx = NULL
+                if device is None:
+                    t.ranges[i].kind = _KIND_CONST
+                elif hasattr(device, "c_io_handler"):
+                    cap = device.c_io_handler()
+                    if not PyCapsule_IsValid(cap, _CAPSULE_NAME):
+                        raise TypeError(f"{device!r}.c_io_handler() must return a {IO_HANDLER_CAPSULE} capsule")
+                    h = <io_handler_t *>PyCapsule_GetPointer(cap, _CAPSULE_NAME)
+                    t.ranges[i].kind = _KIND_C
+                    t.ranges[i].fn = h.fn
+                    t.ranges[i].ctx = h.ctx
+                    self._keep[id(cap)] = cap
+                else:
+                    t.ranges[i].kind = _KIND_PYTHON
+                    t.ranges[i].obj = <void *>device
+                self._keep[id(device)] = device
+        except BaseException:
+            self._free(t)
+            raise
         old = self.table
         self.table = t          # one pointer store: readers see the old or the new table
         self._retired.append(<size_t>old)

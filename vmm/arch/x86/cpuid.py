@@ -52,7 +52,8 @@ def vcpu_cpuid(supported, index: int, ncpus: int) -> list[S.kvm_cpuid_entry2]:
         elif f == 4 and e.eax & 0x1F:   # (type 0 ends the cache list: left as is)
             level = (e.eax >> 5) & 0x7
             sharing = ncpus - 1 if level == 3 else 0
-            e.eax = (e.eax & 0x3FFF) | (sharing << 14) | ((ncpus - 1) << 26)
+            # EAX[31:26] has 6 bits: more than 64 cores saturates, as on real parts.
+            e.eax = (e.eax & 0x3FFF) | (sharing << 14) | (min(ncpus - 1, 63) << 26)
         elif f in (0xB, 0x1F):
             if f not in topology_done:
                 topology_done.add(f)
