@@ -1,0 +1,247 @@
+"""The lab's exec agent: PID 1 inside the lab, chrooted into the host's filesystem.
+
+Runs under the host's /usr/bin/python3 with -I -S, so it imports only the standard library
+(this file is also imported on the host for the wire format). One TCP connection per
+command, forwarded by QEMU from a 127.0.0.1 port of the host:
+
+  client -> agent   one JSON line: {"token", "op": "exec"|"ping"|"poweroff", "argv", "env",
+                    "cwd", "timeout"}
+  agent -> client   frames: kind (1 byte) + length (4 bytes, big endian) + payload
+                    b"O" stdout bytes, b"E" stderr bytes, b"X" a JSON result
+                    ({"rc": int, "timed_out": bool} or {"error": str}); X is the last frame.
+
+The command gets /dev/null as stdin and runs in its own session; when the client goes away
+or the timeout passes, the whole process group is killed. As PID 1 the agent also reaps
+orphans, without taking the exit status of the commands it waits for itself.
+"""
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+HEADER = struct.Struct(">cI")
+STDOUT, STDERR, RESULT = b"O", b"E", b"X"
+MAX_REQUEST = 1 << 20
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def read_frame(sock: socket.socket) -> tuple[bytes, bytes]:
+    head = _read_exact(sock, HEADER.size)
+    kind, size = HEADER.unpack(head)
+    return kind, _read_exact(sock, size)
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 16))
+        if not chunk:
+            raise ConnectionError("the lab agent closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+class Reaper:
+    """Reaps orphans re-parented to PID 1, leaving our own commands to their Popen."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ours: set[int] = set()
+
+    def spawn(self, *args, **kwargs) -> subprocess.Popen:
+        # Held across fork and registration so an instant exit is never mistaken for an orphan.
+        with self.lock:
+            proc = subprocess.Popen(*args, **kwargs)
+            self.ours.add(proc.pid)
+        return proc
+
+    def forget(self, pid: int) -> None:
+        with self.lock:
+            self.ours.discard(pid)
+
+    def run(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                time.sleep(0.2)
+                continue
+            if info is None:
+                continue
+            with self.lock:
+                orphan = info.si_pid not in self.ours
+                if orphan:
+                    try:
+                        os.waitpid(info.si_pid, 0)
+                    except ChildProcessError:
+                        pass
+            if not orphan:
+                time.sleep(0.01)  # its Popen.wait() is about to collect it
+
+
+class Agent:
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.reaper = Reaper()
+
+    def serve(self, port: int) -> None:
+        threading.Thread(target=self.reaper.run, daemon=True).start()
+        srv = socket.create_server(("0.0.0.0", port), backlog=64, reuse_port=False)
+        print(f"mm-lab: agent listening on port {port}", flush=True)
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                req = self._read_request(conn)
+            except (OSError, ValueError) as exc:
+                self._result(conn, {"error": f"bad request: {exc}"})
+                return
+            if not hmac.compare_digest(str(req.get("token", "")), self.token):
+                self._result(conn, {"error": "bad token"})
+                return
+            op = req.get("op")
+            if op == "ping":
+                self._result(conn, {"rc": 0, "uptime": _uptime()})
+            elif op == "poweroff":
+                self._result(conn, {"rc": 0})
+                _poweroff()
+            elif op == "exec":
+                self.exec(conn, req)
+            else:
+                self._result(conn, {"error": f"unknown op {op!r}"})
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> dict:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed before the request ended")
+            data += chunk
+            if len(data) > MAX_REQUEST:
+                raise ValueError("request too large")
+        req = json.loads(data)
+        if not isinstance(req, dict):
+            raise ValueError("request is not an object")
+        return req
+
+    @staticmethod
+    def _result(conn: socket.socket, result: dict) -> None:
+        try:
+            conn.sendall(frame(RESULT, json.dumps(result).encode()))
+        except OSError:
+            pass
+
+    def exec(self, conn: socket.socket, req: dict) -> None:
+        argv, env, cwd, timeout = req.get("argv"), req.get("env") or {}, req.get("cwd") or "/", req.get("timeout")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            self._result(conn, {"error": "argv must be a non-empty list of strings"})
+            return
+        full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+        full_env.update({str(k): str(v) for k, v in env.items()})
+        try:
+            proc = self.reaper.spawn(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=cwd, env=full_env, start_new_session=True,
+            )
+        except OSError as exc:
+            self._result(conn, {"error": f"cannot run {argv[0]}: {exc.strerror or exc}", "errno": exc.errno})
+            return
+        try:
+            timed_out = self._pump(conn, proc, timeout)
+            rc = proc.wait()
+        finally:
+            self.reaper.forget(proc.pid)
+        self._result(conn, {"rc": rc if rc >= 0 else 128 - rc, "timed_out": timed_out})
+
+    def _pump(self, conn: socket.socket, proc: subprocess.Popen, timeout) -> bool:
+        """Stream the command's output until both pipes close; kill it on timeout or hang-up."""
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ, STDOUT)
+        sel.register(proc.stderr, selectors.EVENT_READ, STDERR)
+        sel.register(conn, selectors.EVENT_READ, None)
+        open_pipes, timed_out = 2, False
+        while open_pipes:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = sel.select(wait)
+            if not events and deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                _kill_group(proc)
+                deadline = None
+                continue
+            for key, _ in events:
+                if key.data is None:  # the client hung up (or sent junk): stop the command
+                    if not conn.recv(4096):
+                        _kill_group(proc)
+                        sel.unregister(conn)
+                    continue
+                data = os.read(key.fileobj.fileno(), 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    open_pipes -= 1
+                    continue
+                try:
+                    conn.sendall(frame(key.data, data))
+                except OSError:
+                    _kill_group(proc)
+        sel.close()
+        return timed_out
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _uptime() -> float:
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def _poweroff() -> None:
+    os.sync()
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.reboot(0x4321FEDC)  # LINUX_REBOOT_CMD_POWER_OFF; ACPI makes QEMU exit
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--token-file", required=True)
+    args = ap.parse_args(argv)
+    with open(args.token_file) as f:
+        token = f.read().strip()
+    try:
+        Agent(token).serve(args.port)
+    except BaseException as exc:  # PID 1 must not die silently: say why, then power off
+        print(f"mm-lab: agent failed: {exc!r}", file=sys.stderr, flush=True)
+        _poweroff()
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
