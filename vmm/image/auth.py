@@ -54,7 +54,9 @@ def _decode_entry(path: Path, key: str, entry: dict) -> tuple[str, str] | None:
     if not token:
         return None
     try:
-        user, _, password = base64.b64decode(token).decode().partition(":")
+        user, sep, password = base64.b64decode(token, validate=True).decode().partition(":")
+        if not sep:
+            raise ValueError("no colon")
     except (ValueError, UnicodeDecodeError):
         raise AuthError(f"the `auth` entry for {key} in {path} is not base64 of user:password") from None
     return user, password
