@@ -17,12 +17,26 @@ COMMANDS: dict[str, str] = {
     "boot": "vmm.cli.boot",
     "image": "vmm.cli.image",
     "network": "vmm.cli.network",
+    "ps": "vmm.cli.ps",
+    "inspect": "vmm.cli.ps",
+    "logs": "vmm.cli.logs",
+    "console": "vmm.cli.logs",
+    "start": "vmm.cli.lifecycle",
+    "stop": "vmm.cli.lifecycle",
+    "restart": "vmm.cli.lifecycle",
+    "kill": "vmm.cli.lifecycle",
+    "rm": "vmm.cli.lifecycle",
+    "wait": "vmm.cli.lifecycle",
+    "pause": "vmm.cli.lifecycle",
+    "unpause": "vmm.cli.lifecycle",
+    "stats": "vmm.cli.stats",
+    "system": "vmm.cli.prune",
 }
 
 # command -> "module:function" run without building the typer app: it takes the arguments
 # after the command and returns an exit code, or None to fall back to typer (help, unusual
 # flags). Importing typer alone costs ~80 ms; this keeps `mm ps` within its 60 ms budget.
-FAST_PATHS: dict[str, str] = {}
+FAST_PATHS: dict[str, str] = {"ps": "vmm.cli.ps:fast_ps"}
 
 GLOBAL_HELP = "micromachines: boot OCI images as KVM microVMs."
 
