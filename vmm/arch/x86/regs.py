@@ -71,6 +71,8 @@ def write_gdt(mem, addr: int = GDT_ADDR, idt_addr: int = IDT_ADDR) -> None:
 
 def write_identity_page_tables(mem, pml4: int = PML4_ADDR, gib: int = IDENTITY_MAP_GIB) -> int:
     """Identity-map [0, gib GiB) with 2 MiB pages; returns the CR3 value."""
+    if not 1 <= gib <= 64:
+        raise ValueError(f"identity map of {gib} GiB: 1-64 supported")
     pdpt = pml4 + 0x1000
     pd = pml4 + 0x2000
     mem.write(pml4, struct.pack("<Q", pdpt | 0x3) + b"\0" * (4096 - 8))
@@ -93,11 +95,12 @@ def _load_flat_segments(sregs: S.kvm_sregs, code_sel: int, gdt_addr: int, idt_ad
 
 def setup_long_mode(vcpu, mem, entry: int, stack: int = 0x8FF0, rsi: int = 0,
                     gdt_addr: int = GDT_ADDR, idt_addr: int = IDT_ADDR,
-                    pml4: int = PML4_ADDR) -> None:
-    """64-bit mode with paging (identity map of the first 4 GiB), CS=0x10, rip=entry.
+                    pml4: int = PML4_ADDR, identity_gib: int = IDENTITY_MAP_GIB) -> None:
+    """64-bit mode with paging (identity map of the first `identity_gib` GiB, at most
+    64: the tables then need 2 + identity_gib pages from `pml4`), CS=0x10, rip=entry.
     `rsi` carries the boot_params address for the Linux 64-bit boot protocol."""
     write_gdt(mem, gdt_addr, idt_addr)
-    cr3 = write_identity_page_tables(mem, pml4)
+    cr3 = write_identity_page_tables(mem, pml4, identity_gib)
     sregs = vcpu.get_sregs()
     _load_flat_segments(sregs, CODE64_SEL, gdt_addr, idt_addr)
     sregs.cr3 = cr3
