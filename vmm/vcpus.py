@@ -7,7 +7,8 @@
     vcpus.pause(timeout=1.0)     # every thread parked outside KVM_RUN; state readable
     vcpus.resume()
     exits = vcpus.wait()         # {index: VcpuExit} once every vCPU thread has ended
-    vcpus.stop()                 # ends all threads (also from on_exit)
+    vcpus.request_stop()         # from a device handler: end all threads, don't wait
+    vcpus.stop()                 # ends all threads and joins them (also from on_exit)
 
 `on_exit(thread, RunExit) -> bool` is called on the vCPU's thread for every exit the
 run loop hands back except PAUSED; return True to re-enter the guest, False to end
@@ -178,8 +179,13 @@ class Vcpus:
     def resume(self) -> None:
         self._request(State.RUNNING)
 
+    def request_stop(self) -> None:
+        """Ask every vCPU thread to end, without waiting (for device handlers, e.g. a
+        guest-requested reset or poweroff port); `wait()` then returns."""
+        self._request(State.EXITED)
+
     def stop(self, timeout: float | None = 5.0) -> None:
-        """End every vCPU thread (safe to call from on_exit on a vCPU thread)."""
+        """End every vCPU thread and join them (safe from on_exit on a vCPU thread)."""
         self._request(State.EXITED)
         me = threading.current_thread()
         for t in self.threads:
