@@ -156,9 +156,10 @@ class Store:
                   "source": source, "created": time.time()}
         path = self._ref_path(name)
         paths.ensure(path.parent)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, sort_keys=True))
-        commit_file(tmp, path)
+        fd, tmp_name = tempfile.mkstemp(prefix=".ref-", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(record, sort_keys=True))
+        commit_file(Path(tmp_name), path)
 
     def get_ref(self, name: str) -> dict[str, Any] | None:
         try:

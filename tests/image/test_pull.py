@@ -1,0 +1,136 @@
+"""Pulling from a real docker-registry: plain, multi-platform, auth, corruption, truncation, unsafe layers."""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import pytest
+
+from tests.image.conftest import PASSWORD, USER
+from tests.unit.image.ocitools import tar_bytes, write_layout
+from vmm.image import lookup, parse, resolve
+from vmm.image.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError, UnsafePathError
+from vmm.image.pull import pull
+
+pytestmark = pytest.mark.registry
+
+BASE = tar_bytes([("dir", "bin"), ("file", "bin/tool", "v1", 0o755), ("dir", "etc"), ("file", "etc/a", "a"),
+                  ("file", "etc/b", "b"), ("dir", "var/cache"), ("file", "var/cache/x", "x")])
+TOP = tar_bytes([("file", "etc/.wh.a", ""), ("file", "var/cache/.wh..wh..opq", ""), ("file", "etc/c", "c"),
+                 ("symlink", "bin/alias", "tool"), ("hardlink", "etc/b2", "etc/b")])
+
+
+@pytest.fixture(scope="module")
+def pushed(registry, tmp_path_factory):
+    """Images in the shared registry: layered (gzip, zstd), multi-platform."""
+    root = tmp_path_factory.mktemp("layouts")
+    write_layout(root / "layered", [BASE, TOP], tag="1")
+    registry.push(root / "layered", "mm/layered", "1")
+    write_layout(root / "zstd", [BASE], tag="z", how="zstd")
+    registry.push(root / "zstd", "mm/zstd", "z")
+    write_layout(root / "multi", [BASE], tag="m", arches=("arm64", "amd64"))
+    registry.push(root / "multi", "mm/multi", "m", all_platforms=True)
+    return root
+
+
+def test_pull_layered_and_build(registry, pushed, cache):
+    ref = f"{registry.host}/mm/layered:1"
+    img = resolve(ref)
+    assert img.digest == pull(parse(ref), cache, quiet=True)  # second pull: blobs cached
+    assert len(img.layers) == 2 and img.config["Cmd"] == ["/bin/sh"]
+    assert img.rootfs_path.exists() and lookup(img.digest[:19]).digest == img.digest
+
+
+def test_pull_zstd_and_by_digest(registry, pushed, cache):
+    img = resolve(f"{registry.host}/mm/zstd:z")
+    again = resolve(f"{registry.host}/mm/zstd@{img.digest}")
+    assert again.digest == img.digest
+    assert img.rootfs_path.exists()
+
+
+def test_multiplatform_index(registry, pushed, cache):
+    img = resolve(f"{registry.host}/mm/multi:m")
+    assert img.index_digest and img.config_blob["architecture"] == "amd64"
+
+
+def test_missing_image(registry, cache):
+    with pytest.raises(ImageNotFound):
+        resolve(f"{registry.host}/mm/nope:1")
+
+
+def test_basic_auth(auth_registry, tmp_path, cache, monkeypatch):
+    write_layout(tmp_path / "lay", [BASE], tag="a")
+    auth_registry.push(tmp_path / "lay", "mm/private", "a", creds=f"{USER}:{PASSWORD}")
+    ref = f"{auth_registry.host}/mm/private:a"
+    with pytest.raises(AuthError):
+        resolve(ref)
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    token = base64.b64encode(f"{USER}:wrong".encode()).decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    with pytest.raises(AuthError):
+        resolve(ref)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {f"http://{auth_registry.host}": {"auth": token}}}))
+    assert resolve(ref).layers
+
+
+def _single_layer_image(registry, tmp_path, name, payload_entries):
+    write_layout(tmp_path / name, [tar_bytes(payload_entries)], tag="t")
+    registry.push(tmp_path / name, f"mm/{name}", "t")
+    img_manifest = json.loads((tmp_path / name / "index.json").read_text())["manifests"][0]
+    manifest = json.loads((tmp_path / name / "blobs/sha256" / img_manifest["digest"][7:]).read_text())
+    return f"{registry.host}/mm/{name}:t", manifest["layers"][0]["digest"]
+
+
+def _assert_clean(cache, digest):
+    assert not cache.has_blob(digest)
+    assert not cache.refs()
+
+
+def test_corrupt_blob_refused(registry, tmp_path, cache):
+    ref, layer = _single_layer_image(registry, tmp_path, "corrupt", [("file", "f", "x" * 5000)])
+    data = bytearray(registry.blob_file(layer).read_bytes())
+    data[100] ^= 0xFF
+    registry.blob_file(layer).write_bytes(bytes(data))
+    with pytest.raises(DigestMismatch):
+        resolve(ref)
+    _assert_clean(cache, layer)
+
+
+def test_truncated_blob_refused(registry, tmp_path, cache):
+    ref, layer = _single_layer_image(registry, tmp_path, "truncated", [("file", "f", "y" * 50000)])
+    path = registry.blob_file(layer)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises((DigestMismatch, RegistryError)):
+        resolve(ref)
+    _assert_clean(cache, layer)
+
+
+def test_unsafe_layer_from_registry(registry, tmp_path, cache):
+    ref, _ = _single_layer_image(registry, tmp_path, "evil", [("dir", "d"), ("symlink", "d/up", "../../../.."),
+                                                               ("file", "d/up/tmp/pwned", "!")])
+    img = resolve(ref)
+    with pytest.raises(UnsafePathError, match="outside the root"):
+        img.rootfs_path
+    assert not img.rootfs_file().exists() and not list((cache.root / "tmp").iterdir())
+
+
+def test_concurrent_pulls_same_image(registry, pushed, cache):
+    ref, errors = parse(f"{registry.host}/mm/layered:1"), []
+
+    def one():
+        try:
+            pull(ref, cache, quiet=True)
+        except Exception as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(list((cache.root / "blobs/sha256").iterdir())) == 4  # manifest, config, 2 layers
+    assert resolve(str(ref)).rootfs_path.exists()
