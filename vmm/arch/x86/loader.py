@@ -61,6 +61,26 @@ def read_kernel_file(path: str | os.PathLike) -> bytes:
         raise KernelError(f"cannot read kernel {os.fspath(path)!r}: {exc.strerror}") from None
 
 
+def probe_kernel(path: str | os.PathLike) -> str:
+    """"elf" or "bzimage" when `path` looks like a kernel we can load; KernelError otherwise.
+    Only the headers are read (loading checks everything else)."""
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x210)
+    except FileNotFoundError:
+        raise KernelError(f"kernel {name!r} does not exist") from None
+    except IsADirectoryError:
+        raise KernelError(f"kernel {name!r} is a directory") from None
+    except OSError as exc:
+        raise KernelError(f"cannot read kernel {name!r}: {exc.strerror}") from None
+    if head[:4] == ELF_MAGIC:
+        return "elf"
+    if head[0x202:0x206] == BZIMAGE_MAGIC:
+        return "bzimage"
+    raise KernelError(f"{name!r} is not a Linux kernel (neither ELF nor bzImage)")
+
+
 def load_kernel(mem, path: str | os.PathLike, prefer_pvh: bool = True) -> LoadedKernel:
     """Load the kernel at `path` into guest memory `mem`."""
     data = read_kernel_file(path)

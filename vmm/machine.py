@@ -1,0 +1,273 @@
+"""The machine: builds an x86 VM from a `MachineConfig`, boots Linux in it, reports how it ended.
+
+    m = Machine(MachineConfig(kernel="vmlinux", initrd="initrd.cpio", cpus=4,
+                              memory=512 << 20), console=sys.stdout.buffer.write)
+    addr, irq = m.attach_mmio_device(dev)  # before start(): adds virtio_mmio.device=...
+    m.start()                              # loads kernel + tables, starts the vCPUs
+    m.write_console(b"ls\\n")              # keystrokes for ttyS0
+    end = m.wait()                         # ExitState("poweroff" | "reboot" | "panic" |
+                                           #   "triple_fault" | "killed" | "error")
+    m.close()
+
+Platform: in-kernel PIC/IOAPIC/LAPIC and PIT, memfd RAM (split around the MMIO hole),
+COM1 8250 on IRQ 4, an i8042 for `reboot=k`, pvpanic on port 0x505, the FADT's
+sleep/reset port, cheap constant probe ports, ACPI RSDP/XSDT/FADT/MADT/DSDT. The kernel
+is entered by PVH when its ELF has the note, else by the 64-bit boot protocol.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from vmm.arch.x86 import layout as L
+from vmm.arch.x86 import boot
+from vmm.arch.x86.loader import probe_kernel
+from vmm.errors import ConfigError, MMError
+from vmm.worker.vm import ExitState
+
+MiB = 1 << 20
+DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off nomodules 8250.nr_uarts=1"
+
+# Ports the kernel pokes while probing hardware we do not have: answered in C with
+# all-ones (absent) and writes dropped. 0x80 is the POST/io-delay port.
+PROBE_PORTS = [(0x80, 1), (0x70, 2), (0x2F8, 8), (0x3E8, 8), (0x2E8, 8), (0xCF8, 8),
+               (0x87, 1), (0xED, 1)]
+
+
+class MachineError(MMError):
+    """The machine could not be built or run."""
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    kernel: str
+    initrd: str | None = None
+    cmdline: str = DEFAULT_CMDLINE
+    cpus: int = 1
+    memory: int = 256 * MiB
+    console_log: str | None = None
+    hugepages: bool = False
+    extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
+
+    def check(self) -> None:
+        if not 1 <= self.cpus <= 254:
+            raise ConfigError(f"{self.cpus} vCPUs is out of range", "use --cpus 1..254")
+        if self.memory < 64 * MiB:
+            raise ConfigError(f"{self.memory >> 20} MiB is too little memory for Linux",
+                              "use --memory 64M or more")
+
+
+class IrqLine:
+    """An edge-triggered guest interrupt through an irqfd (devices.interfaces.InterruptLine)."""
+
+    def __init__(self, vm, gsi: int) -> None:
+        self.gsi = gsi
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        vm.irqfd(self._fd, gsi)
+
+    def trigger(self) -> None:
+        try:
+            os.eventfd_write(self._fd, 1)
+        except BlockingIOError:
+            pass  # counter saturated: an interrupt is pending anyway
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Machine:
+    """One VM. Not reusable: build, start, wait, close."""
+
+    def __init__(self, config: MachineConfig, console=None) -> None:
+        config.check()
+        probe_kernel(config.kernel)  # a bad kernel file fails before /dev/kvm is opened
+        self.config = config
+        self.console = console
+        self._end: ExitState | None = None
+        self._end_lock = threading.Lock()
+        self._mmio_devices: list[tuple[int, int, object]] = []
+        self._irq_lines: list[IrqLine] = []
+        self._log_fd = -1
+        self.vcpus = None
+        self.boot_kind = ""
+        self._build()
+
+    # -- construction ----------------------------------------------------------------------
+    def _build(self) -> None:
+        from vmm.bus import mmio_bus, pio_bus
+        from vmm.kvm import Kvm
+        from vmm.memory import GuestMemory
+
+        cfg = self.config
+        if cfg.console_log:
+            try:
+                self._log_fd = os.open(cfg.console_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                       | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise ConfigError(f"cannot open console log {cfg.console_log!r}: {exc.strerror}") from None
+        self.kvm = Kvm()
+        self.vm = self.kvm.create_vm()
+        self.vm.setup_x86(irqchip=True, pit=True)
+        self.mem = GuestMemory(cfg.memory, hugepages=cfg.hugepages)
+        self.mem.register(self.vm)
+        self.pio, self.mmio = pio_bus(), mmio_bus()
+        self._add_legacy_devices()
+        self._next_mmio = L.VIRTIO_MMIO_BASE
+        self._next_irq = L.FIRST_VIRTIO_IRQ
+
+    def _add_legacy_devices(self) -> None:
+        from devices.legacy.i8042 import I8042
+        from devices.legacy.power import AcpiPowerPort, PvPanic
+        from devices.legacy.serial import Serial
+
+        self.serial = Serial(self.irq_line(L.COM1_IRQ), out=self._console_out)
+        self.pio.register(L.COM1_PORT, 8, self.serial)
+        self.i8042 = I8042(on_reset=lambda: self._finish(ExitState("reboot", detail="i8042 reset")))
+        self.pio.register(L.I8042_DATA_PORT, 1, self.i8042.data_port)
+        self.pio.register(L.I8042_CMD_PORT, 1, self.i8042)
+        self.pio.register(L.ACPI_SLEEP_PORT, 1, AcpiPowerPort(self._power_event))
+        self.pio.register(L.PVPANIC_PORT, 1, PvPanic(self._power_event))
+        for port, size in PROBE_PORTS:
+            self.pio.register_constant(port, size)
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        line = IrqLine(self.vm, gsi)
+        self._irq_lines.append(line)
+        return line
+
+    def attach_mmio_device(self, device, size: int = L.VIRTIO_MMIO_SIZE) -> tuple[int, int]:
+        """Put `device` (BusDevice) on the MMIO bus at the next free window with the next
+        free IRQ; the kernel learns of it from `virtio_mmio.device=SIZE@ADDR:IRQ` on its
+        command line. Returns (address, irq); call before start()."""
+        if self.vcpus is not None:
+            raise MachineError("devices must be attached before the machine starts")
+        if self._next_irq > L.LAST_IRQ:
+            raise MachineError("no free interrupt line for another MMIO device",
+                               f"at most {L.LAST_IRQ - L.FIRST_VIRTIO_IRQ + 1} devices")
+        addr, irq = self._next_mmio, self._next_irq
+        self.mmio.register(addr, size, device)
+        self._mmio_devices.append((addr, irq, device))
+        self._next_mmio += max(size, L.VIRTIO_MMIO_SIZE)
+        self._next_irq += 1
+        return addr, irq
+
+    def cmdline(self) -> str:
+        return boot.assemble_cmdline(self.config.cmdline, self.config.extra_cmdline,
+                                     [(addr, irq) for addr, irq, _ in self._mmio_devices])
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        from vmm.vcpus import Vcpus
+
+        cfg = self.config
+        vcpus = [self.vm.create_vcpu(i) for i in range(cfg.cpus)]
+        self.vcpus = Vcpus(self.kvm, self.vm, vcpus, self.pio, self.mmio, on_exit=self._on_exit)
+        self.vcpus.configure_all()
+        self.boot_kind = boot.boot_linux(self.mem, vcpus[0], kernel=cfg.kernel, initrd=cfg.initrd,
+                                         cmdline=self.cmdline(), ncpus=cfg.cpus)
+        self.vcpus.start()
+
+    def _on_exit(self, thread, reason) -> bool:
+        from vmm._fast.runloop import RunExit
+
+        if reason == RunExit.HLT:
+            return True  # only without an in-kernel LAPIC; the next interrupt wakes it
+        end = {
+            RunExit.SHUTDOWN: ExitState("triple_fault", detail=f"vCPU {thread.index}: triple fault"),
+            RunExit.POWEROFF: ExitState("poweroff"),
+            RunExit.RESET: ExitState("reboot"),
+            RunExit.CRASH: ExitState("panic", detail="KVM system event: crash"),
+        }.get(reason)
+        if end is None:
+            end = ExitState("error", detail=self._error_detail(thread, reason))
+        self._finish(end)
+        return False
+
+    def _error_detail(self, thread, reason) -> str:
+        loop = thread.loop
+        detail = f"vCPU {thread.index}: {getattr(reason, 'name', reason)}"
+        if loop.error is not None:
+            detail += f" ({type(loop.error).__name__}: {loop.error})"
+        elif loop.last_errno:
+            detail += f" ({os.strerror(loop.last_errno)})"
+        run = thread.vcpu.run
+        if run is not None and getattr(reason, "name", "") == "INTERNAL":
+            detail += f" suberror {run.internal.suberror}"
+        return detail
+
+    def _power_event(self, event: str) -> None:
+        if event == "poweroff":
+            self._finish(ExitState("poweroff"))
+        elif event == "reboot":
+            self._finish(ExitState("reboot", detail="ACPI reset"))
+        elif event in ("panic", "crash_loaded"):
+            self._finish(ExitState("panic", detail=f"pvpanic: {event}"))
+
+    def _finish(self, end: ExitState) -> None:
+        """Record how the VM ended (the first report wins) and stop every vCPU. Called on
+        vCPU threads, so it never waits for them."""
+        with self._end_lock:
+            if self._end is None:
+                self._end = end
+        if self.vcpus is not None:
+            self.vcpus.stop(timeout=0)
+
+    def kill(self) -> None:
+        self._finish(ExitState("killed"))
+
+    def wait(self, timeout: float | None = None) -> ExitState | None:
+        """Block until every vCPU has ended; how the VM ended, or None on timeout."""
+        from vmm.vcpus import VcpuError
+
+        try:
+            exits = self.vcpus.wait(timeout)
+        except VcpuError:
+            return None
+        with self._end_lock:
+            if self._end is None:
+                errors = [e for e in exits.values() if e is not None and e.error is not None]
+                detail = "; ".join(f"{type(e.error).__name__}: {e.error}" for e in errors)
+                self._end = ExitState("error", detail=detail or "vCPUs ended without a reason")
+            return self._end
+
+    def write_console(self, data: bytes) -> int:
+        """Keystrokes for ttyS0; returns how many bytes the UART took (its FIFO may be full)."""
+        return self.serial.enqueue_input(data)
+
+    def _console_out(self, data: bytes) -> None:
+        if self._log_fd >= 0:
+            os.write(self._log_fd, data)
+        if self.console is not None:
+            self.console(data)
+
+    def stats(self) -> dict:
+        loops = [t.loop for t in self.vcpus.threads] if self.vcpus is not None else []
+        return {"vcpus": self.config.cpus, "memory": self.config.memory, "boot": self.boot_kind,
+                "exits": sum(lp.exits for lp in loops), "io_exits": sum(lp.io_exits for lp in loops),
+                "mmio_exits": sum(lp.mmio_exits for lp in loops)}
+
+    def close(self) -> None:
+        if self.vcpus is not None:
+            self.vcpus.stop()
+        for line in self._irq_lines:
+            line.close()
+        self.vcpus = None
+        self.pio = self.mmio = None  # free the C bus tables while their module is alive
+        self.vm.close()
+        self.mem.close()
+        self.kvm.close()
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
