@@ -163,7 +163,13 @@ class Agent:
                 cwd=cwd, env=full_env, start_new_session=True,
             )
         except OSError as exc:
-            self._result(conn, {"error": f"cannot run {argv[0]}: {exc.strerror or exc}", "errno": exc.errno})
+            # A shell's conventions: 127 not found, 126 found but not runnable.
+            msg = f"mm lab: cannot run {argv[0]}: {exc.strerror or exc}\n"
+            try:
+                conn.sendall(frame(STDERR, msg.encode()))
+            except OSError:
+                pass
+            self._result(conn, {"rc": 127 if isinstance(exc, FileNotFoundError) else 126, "timed_out": False})
             return
         try:
             timed_out = self._pump(conn, proc, timeout)
