@@ -49,7 +49,7 @@ def real_host_left_clean():
 @pytest.fixture
 def host(tmp_path, monkeypatch, request):
     """Run the test inside a private host namespace with its own store."""
-    name = f"{TAG}-host"
+    name = f"{TAG}host"
     monkeypatch.setenv("MM_STATE", str(tmp_path / "state"))
     monkeypatch.setenv("MM_NETNS_PREFIX", f"{TAG}-")
     netns.create(name)
@@ -60,13 +60,15 @@ def host(tmp_path, monkeypatch, request):
         yield name
     finally:
         entered.__exit__(None, None, None)
-        for leftover in netns.names(f"{TAG}-"):
+        for leftover in netns.names(TAG):
             netns.remove(leftover)
 
 
 def ns_state() -> dict:
     """Links, routes and nft ruleset of the calling thread's namespace (for before/after checks)."""
-    return {"links": _run("ip", "-o", "link"), "routes": _run("ip", "route"),
+    link_names = sorted(line.split(":")[1].strip() for line in _run("ip", "-o", "link").splitlines())
+    addrs = sorted(" ".join(line.split()[1:4]) for line in _run("ip", "-o", "-4", "addr").splitlines())
+    return {"links": link_names, "addrs": addrs, "routes": _run("ip", "route"),
             "nft": _run("nft", "list", "ruleset"), "netns": sorted(netns.names(TAG))}
 
 

@@ -24,7 +24,7 @@ from pyroute2 import IPRoute
 from vmm import store
 from vmm.network import dns, ipam, links, netns, nft
 from vmm.network import ports as portspec
-from vmm.network.errors import BadPortSpec, NetworkError
+from vmm.network.errors import BadPortSpec, NetworkError  # noqa: F401 (re-exported)
 
 GUEST_IP = str(ipam.GUEST_SUBNET[2])
 GATEWAY_IP = str(ipam.GUEST_SUBNET[1])
@@ -109,6 +109,9 @@ def ensure_default(conn, ipr: IPRoute) -> None:
         ipam.create_network(conn, ipam.DEFAULT_NAME, ipam.default_subnet(), False, host_routes(conn, ipr))
     except ipam.NetworkExists:
         pass  # created by a concurrent attach
+    except ipam.SubnetOverlap as exc:
+        raise ipam.SubnetOverlap(f"default network mm: {exc.message}",
+                                 hint="set MM_NETWORK_SUBNET to a free subnet, e.g. MM_NETWORK_SUBNET=10.77.0.0/16") from None
 
 
 def host_routes(conn, ipr: IPRoute):

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from vmm import store
-from vmm.network.errors import BadSubnet, NetworkExists, NetworkInUse, NetworkNotFound, PoolExhausted, SubnetOverlap
+from vmm.network.errors import (  # noqa: F401 (re-exported for callers of ipam)
+    BadSubnet, NetworkExists, NetworkInUse, NetworkNotFound, PoolExhausted, SubnetOverlap)
 
 AREA = "network"
 DEFAULT_NAME = "mm"
@@ -101,6 +102,8 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
         raise BadSubnet(f"bad subnet {text!r}: {exc}") from None
     if not isinstance(net, ipaddress.IPv4Network) or net.prefixlen > 29:
         raise BadSubnet(f"bad subnet {text!r}: need IPv4, /29 or larger")
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified or net.is_reserved:
+        raise BadSubnet(f"bad subnet {text!r}: loopback, link-local, multicast and reserved ranges cannot hold VMs")
     return net
 
 
