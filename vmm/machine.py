@@ -27,7 +27,7 @@ from vmm.errors import ConfigError, MMError
 from vmm.worker.vm import ExitState
 
 MiB = 1 << 20
-DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off nomodules 8250.nr_uarts=1"
+DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1"
 
 # Ports the kernel pokes while probing hardware we do not have: answered in C with
 # all-ones (absent) and writes dropped. 0x80 is the POST/io-delay port.
