@@ -1,0 +1,222 @@
+"""Side-by-side runner: the same workload under our VMM and under QEMU, alternating, N rounds.
+
+    .venv/bin/python benchmarks/sidebyside.py boot --rounds 5 [--cpus 1] [--memory 256m]
+    mm lab exec -- .venv/bin/python benchmarks/sidebyside.py boot --rounds 5   # on a PVM host
+
+A suite (SUITES) turns options into contenders: a name and the argv of one run. Each
+round runs every contender once, the order swapped every round so neither always goes
+first. A run's time to a marker line on its console and to its exit are measured from
+process start. Results (median, p90, ours/QEMU ratio of medians) go to
+benchmarks/results/<suite>-<UTC time>.json and .md. Later suites add themselves to SUITES.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class Contender:
+    name: str
+    argv: list[str]
+    marker: str                    # console text that ends the "to marker" clock
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    contender: str
+    round: int
+    to_marker: float | None        # seconds from spawn to the marker line (None: never seen)
+    to_exit: float | None          # seconds from spawn to process exit (None: killed)
+    returncode: int | None
+    guest_uptime: float | None = None   # what the guest said (boot suite)
+
+
+def run_once(c: Contender, round_no: int, timeout: float, linger: float) -> Run:
+    """Spawn, watch stdout for the marker, wait for exit (at most `linger` s after the
+    marker, then kill: a guest that cannot power off must not stall the benchmark)."""
+    env = dict(os.environ, **c.env)
+    start = time.monotonic()
+    proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf, to_marker, deadline = b"", None, start + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not sel.select(min(left, 0.5)):
+            if proc.poll() is not None:
+                break
+            continue
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        buf += chunk
+        if to_marker is None and c.marker.encode() in buf:
+            to_marker = time.monotonic() - start
+            deadline = min(deadline, time.monotonic() + linger)
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        to_exit = time.monotonic() - start
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        to_exit = None
+    sel.close()
+    proc.stdout.close()
+    return Run(c.name, round_no, to_marker, to_exit, proc.returncode if to_exit else None,
+               _guest_uptime(buf.decode(errors="replace")))
+
+
+def _guest_uptime(console: str) -> float | None:
+    for line in console.splitlines():
+        if line.strip().startswith("MM-INIT uptime="):
+            try:
+                return float(line.strip().split("=", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def summarize(runs: list[Run], names: list[str]) -> dict:
+    out: dict = {}
+    for metric in ("to_marker", "to_exit", "guest_uptime"):
+        out[metric] = {}
+        for name in names:
+            vals = [getattr(r, metric) for r in runs if r.contender == name
+                    and getattr(r, metric) is not None]
+            out[metric][name] = ({"n": len(vals), "median": statistics.median(vals),
+                                  "p90": percentile(vals, 90), "min": min(vals), "max": max(vals)}
+                                 if vals else {"n": 0})
+        if len(names) == 2 and all(out[metric][n].get("n") for n in names):
+            ours, theirs = names
+            out[metric]["ratio"] = out[metric][ours]["median"] / out[metric][theirs]["median"]
+    return out
+
+
+def markdown(suite: str, meta: dict, summary: dict, names: list[str]) -> str:
+    lines = [f"# {suite}: {' vs '.join(names)}", "",
+             f"{meta['when']} on {meta['host']} — {meta['rounds']} rounds, alternating; "
+             f"{meta['details']}", "",
+             "| metric | " + " | ".join(f"{n} median | {n} p90" for n in names) + " | ratio |",
+             "| --- | " + " | ".join("--- | ---" for _ in names) + " | --- |"]
+    for metric, row in summary.items():
+        cells = []
+        for n in names:
+            s = row.get(n, {})
+            cells += [f"{s['median']:.3f} s" if s.get("n") else "—",
+                      f"{s['p90']:.3f} s" if s.get("n") else "—"]
+        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "—"
+        lines.append(f"| {metric} (n={row.get(names[0], {}).get('n', 0)}) | " + " | ".join(cells)
+                     + f" | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- suites ------------------------------------------------------------------------------
+
+def _pvm_host() -> bool:
+    return Path("/sys/module/kvm_pvm").exists()
+
+
+def boot_suite(args) -> tuple[list[Contender], str]:
+    """Boot-to-init of our guest kernel + the busybox initramfs: `mm boot` vs QEMU microvm."""
+    from benchmarks.boot import initramfs
+    from vmm import paths
+
+    kernel = args.kernel
+    if kernel is None:
+        from vmm.kernel import kernel_path
+
+        kernel = str(kernel_path("vmlinux"))
+    rootfs = str(initramfs.build(paths.cache_dir() / "boot"))
+    append = f"quiet mmaction=poweroff {args.append}".strip()
+    mem_mib = _mib(args.memory)
+    ours = Contender("mm", [sys.executable, "-m", "vmm", "boot", "--kernel", kernel, "--initrd", rootfs,
+                            "--cpus", str(args.cpus), "--memory", f"{mem_mib}m", "--append", append],
+                     initramfs.MARKER)
+    cpu = "host,-arch-capabilities" if _pvm_host() else "host"
+    qemu = Contender("qemu-microvm", [
+        args.qemu, "-M", "microvm", "-accel", "kvm", "-cpu", cpu, "-smp", str(args.cpus),
+        "-m", f"{mem_mib}M", "-nodefaults", "-no-user-config", "-display", "none",
+        "-serial", "stdio", "-no-reboot", "-kernel", kernel, "-initrd", rootfs,
+        "-append", f"console=ttyS0 reboot=k panic=-1 {append}"], initramfs.MARKER)
+    details = f"kernel {kernel}, {args.cpus} vCPU, {mem_mib} MiB, initramfs {rootfs}"
+    return [ours, qemu], details
+
+
+def _mib(text: str) -> int:
+    units = {"k": 1 / 1024, "m": 1, "g": 1024}
+    t = text.strip().lower().rstrip("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t) >> 20
+
+
+SUITES = {"boot": boot_suite}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("suite", choices=sorted(SUITES))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--memory", default="256m")
+    p.add_argument("--kernel", default=None)
+    p.add_argument("--append", default="", help="extra kernel command line words (both sides)")
+    p.add_argument("--qemu", default="qemu-system-x86_64")
+    p.add_argument("--timeout", type=float, default=180.0, help="per run")
+    p.add_argument("--linger", type=float, default=30.0, help="wait for exit after the marker")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    contenders, details = SUITES[args.suite](args)
+    runs: list[Run] = []
+    for rnd in range(args.rounds):
+        order = contenders if rnd % 2 == 0 else contenders[::-1]
+        for c in order:
+            r = run_once(c, rnd, args.timeout, args.linger)
+            runs.append(r)
+            print(f"round {rnd} {c.name}: marker {r.to_marker} s, exit {r.to_exit} s "
+                  f"(rc {r.returncode}), guest uptime {r.guest_uptime}", flush=True)
+    names = [c.name for c in contenders]
+    summary = summarize(runs, names)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta = {"suite": args.suite, "when": when, "host": platform.node(), "rounds": args.rounds,
+            "details": details, "argv": {c.name: c.argv for c in contenders}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{args.suite}-{when.replace(':', '')}"
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"meta": meta, "summary": summary, "runs": [asdict(r) for r in runs]}, indent=2) + "\n")
+    md = markdown(args.suite, meta, summary, names)
+    stem.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
