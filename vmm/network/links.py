@@ -56,6 +56,8 @@ def ensure_address(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None
     try:
         ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
     except NetlinkError as exc:
+        if exc.code == 17:  # EEXIST: a concurrent attach added it between our check and now
+            return
         raise _fail(f"adding {address}/{prefixlen}", exc) from None
 
 
