@@ -67,3 +67,28 @@ def test_errors_change_nothing(control, spawn):
     assert json.loads(mm("inspect", "one").stdout)["state"] == "running"
     assert mm("kill", "one").stdout == "one\n"
     assert mm("wait", "one").stdout == "137\n"
+
+
+def test_logs_follow_ends_with_the_vm(control, spawn):
+    spawn("follow", exit_code=0)
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "logs", "-f", "follow"], stdout=subprocess.PIPE)
+    wait_for(lambda: "hello" in mm("logs", "follow").stdout, what="the greeting")
+    mm("stop", "follow")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out == b"hello from the tiny guest\nbye\n"
+
+
+def test_console_typing_reaches_the_guest_and_ctrl_bracket_detaches(control, spawn):
+    spawn("tty")
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "console", "tty"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b"echo me\n")
+    proc.stdin.flush()
+    wait_for(lambda: b"echo me" in control.paths(control.find("tty")).console_log.read_bytes(),
+             what="the guest to echo the typed line")
+    proc.stdin.write(b"\x1d")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"echo me\n" in out and b"Ctrl-]" in err
+    assert control.find("tty").state.value == "running"  # detaching leaves the VM running
