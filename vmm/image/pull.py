@@ -16,7 +16,7 @@ from vmm.image import manifest as mf
 from vmm.image.reference import Reference
 from vmm.image.store import Store
 
-PARALLEL_LAYERS = 4
+PARALLEL_LAYERS = 5
 
 
 @contextlib.contextmanager
@@ -48,10 +48,9 @@ def pull(ref: Reference, store: Store | None = None, quiet: bool = False) -> str
         with store.using():
             index_digest, digest, doc = _resolve_manifest(client, store, ref)
             config_desc, layers = mf.image_parts(doc)
-            client.fetch_blob(store, config_desc)
-            mf.check_config(json.loads(store.read_blob(config_desc["digest"])))
             with _progress(show) as track:
-                _fetch_layers(client, store, layers, track)
+                _fetch_layers(client, store, [config_desc, *layers], track)
+            mf.check_config(json.loads(store.read_blob(config_desc["digest"])))
             if ref.tag:
                 store.set_ref(f"{ref.name}:{ref.tag}", digest, index_digest, source="registry")
             if ref.digest:
@@ -78,10 +77,12 @@ def _resolve_manifest(client, store: Store, ref: Reference) -> tuple[str | None,
     return index_digest, digest, doc
 
 
-def _fetch_layers(client, store: Store, layers: list[dict[str, Any]], track) -> None:
+def _fetch_layers(client, store: Store, descs: list[dict[str, Any]], track) -> None:
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_LAYERS, thread_name_prefix="pull") as pool:
-        futures = [pool.submit(client.fetch_blob, store, desc, track(desc["digest"][7:19], desc["size"]))
-                   for desc in layers]
+        # The config is small: it needs no bar of its own but rides in the same pool.
+        futures = [pool.submit(client.fetch_blob, store, desc,
+                               track(desc["digest"][7:19], desc["size"]) if i else None)
+                   for i, desc in enumerate(descs)]
         try:
             for fut in concurrent.futures.as_completed(futures):
                 fut.result()
