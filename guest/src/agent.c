@@ -116,7 +116,7 @@ static int serve_copy(int fd, const struct frame *f)
         return frame_error(fd, "%s", *err ? err : "copy failed");
     if (f->type == F_COPY_OUT && frame_send(fd, F_DATA_EOF, NULL, 0) < 0)
         return -1;
-    return frame_send(fd, F_OK, NULL, 0);
+    return frame_send(fd, F_DONE, NULL, 0);
 }
 
 static int serve_one(int fd, const struct agent_opts *o)
@@ -143,7 +143,7 @@ static int serve_one(int fd, const struct agent_opts *o)
         rc = serve_copy(fd, &f);
         break;
     case F_SHUTDOWN:
-        frame_send(fd, F_OK, NULL, 0);
+        frame_send(fd, F_DONE, NULL, 0);
         if (o->shutdown_pid > 0)
             kill(o->shutdown_pid, o->shutdown_sig);
         break;

@@ -65,7 +65,7 @@ enum frame_type {
     F_HELLO = 0x01, F_EXEC = 0x02, F_COPY_IN = 0x03, F_COPY_OUT = 0x04, F_SHUTDOWN = 0x05,
     F_STDIN = 0x10, F_STDIN_EOF = 0x11, F_RESIZE = 0x12, F_SIGNAL = 0x13,
     F_STARTED = 0x20, F_STDOUT = 0x21, F_STDERR = 0x22, F_EXIT = 0x23, F_ERROR = 0x24,
-    F_DATA = 0x30, F_DATA_EOF = 0x31, F_OK = 0x32,
+    F_DATA = 0x30, F_DATA_EOF = 0x31, F_DONE = 0x32, /* "OK" on the wire; F_OK is taken by <unistd.h> */
 };
 struct frame {
     uint8_t type;
