@@ -1,13 +1,19 @@
 """Root filesystem images: one read-only image per manifest digest, and per-VM writable disks.
 
-Format choice (measured on this machine, see benchmarks/image/): **erofs** by default.
-For the same staged tree `mkfs.erofs` builds several times faster than `mke2fs -d`,
-needs no size guess (ext4 must be sized up front and wastes the slack plus inode
-tables), and yields a smaller image; it is read-only by design, which is exactly the
-role of the base layer under the guest's overlay, and its compact, block-aligned layout
-reads at least as fast as ext4. ext4 stays available (MM_ROOTFS_FORMAT=ext4) for guest
-kernels built without CONFIG_EROFS_FS. Either file is built in tmp/, fsynced and renamed
-into `rootfs/`, under a per-digest lock, so concurrent builders wait for one build.
+Format choice: **erofs** by default, measured on this machine (2 shared cores):
+
+    tree                          mkfs.erofs          mke2fs -d (ext4, no journal)
+    1,500 files, 54 MiB           0.14 s, 49 MiB      0.41 s, 53 MiB used / 80 MiB file
+    400 files, 100 MiB (bench)    0.23 s, 100 MiB     0.26 s, 100 MiB used / 136 MiB file
+
+erofs builds up to 3x faster on many-file trees, needs no size guess (ext4 must be sized
+up front: slack and inode tables), is smaller, and is read-only by design, which is
+exactly the role of the base layer under the guest's overlay; the guest kernel
+(kernel/microvm.config) has CONFIG_EROFS_FS=y. Unpacking dominates either way (~0.7 s
+per 100 MiB of layers). Guest read speed is not measured yet (no booting guest here);
+both are block-aligned and uncompressed. ext4 stays available (MM_ROOTFS_FORMAT=ext4).
+Either file is built in tmp/, fsynced and renamed into `rootfs/`, under a per-digest
+lock, so concurrent builders wait for one build.
 
 The per-VM writable layer is a sparse ext4 file (`create_writable_disk`): blocks are
 allocated only as the guest writes.
