@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes as C
 import mmap
 import os
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 from devices.interfaces import GuestMemoryError
@@ -46,13 +46,11 @@ __all__ = ["GuestMemory", "GuestMemoryError", "Region", "MMIO_HOLE_START", "MMIO
            "E820_RAM", "E820_RESERVED"]
 
 
-@dataclass(frozen=True)
-class Region:
-    slot: int
-    gpa: int
-    size: int
-    host_address: int
-    memfd_offset: int
+# A namedtuple rather than a dataclass: dataclasses pull in `inspect`, ~5 ms of worker start.
+class Region(namedtuple("Region", "slot gpa size host_address memfd_offset")):
+    """One KVM slot: guest-physical [gpa, gpa+size) at host_address / memfd_offset."""
+
+    __slots__ = ()
 
     @property
     def end(self) -> int:

@@ -21,7 +21,6 @@ import enum
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from vmm.arch.x86 import cpuid as cpuid_mod
@@ -43,11 +42,18 @@ class State(enum.Enum):
     EXITED = "exited"
 
 
-@dataclass
 class VcpuExit:
-    """How a vCPU thread ended: the run loop's RunExit and, for HANDLER_ERROR, the exception."""
-    reason: object
-    error: BaseException | None = None
+    """How a vCPU thread ended: the run loop's RunExit (None when stopped by us) and, for
+    HANDLER_ERROR or a failing on_exit, the exception."""
+
+    __slots__ = ("reason", "error")
+
+    def __init__(self, reason, error: BaseException | None = None) -> None:
+        self.reason = reason
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"VcpuExit({self.reason!r}, error={self.error!r})"
 
 
 def configure(kvm, vcpu, ncpus: int, supported=None) -> None:
