@@ -33,7 +33,7 @@ def _free_port() -> int:
 class Registry:
     """One running docker-registry; `host` is 127.0.0.1:PORT."""
 
-    def __init__(self, root: Path, htpasswd: Path | None = None) -> None:
+    def __init__(self, root: Path, htpasswd: Path | None = None, auth: dict | None = None) -> None:
         self.root, self.port = root, _free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.storage = root / "storage"
@@ -42,6 +42,8 @@ class Registry:
                   "http": {"addr": self.host}}
         if htpasswd:
             config["auth"] = {"htpasswd": {"realm": "mm-test", "path": str(htpasswd)}}
+        if auth:
+            config["auth"] = auth
         (root / "config.yml").write_text(json.dumps(config))  # JSON is YAML
         self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -105,3 +107,18 @@ def cache(tmp_path, monkeypatch):
     from vmm.image import Store
 
     return Store()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    """docker-registry with bearer-token auth, tokens from a local token server."""
+    _need("docker-registry"), _need("skopeo"), _need("openssl")
+    from tests.image.tokenserver import TokenServer
+
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = TokenServer(root, USER, PASSWORD)
+    reg = Registry(root, auth=tokens.registry_auth())
+    reg.tokens = tokens
+    yield reg
+    reg.stop()
+    tokens.stop()

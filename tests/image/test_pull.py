@@ -134,3 +134,19 @@ def test_concurrent_pulls_same_image(registry, pushed, cache):
     assert not errors
     assert len(list((cache.root / "blobs/sha256").iterdir())) == 4  # manifest, config, 2 layers
     assert resolve(str(ref)).rootfs_path.exists()
+
+
+def test_bearer_token_auth(token_registry, tmp_path, cache):
+    write_layout(tmp_path / "lay", [BASE], tag="t")
+    token_registry.push(tmp_path / "lay", "mm/tokened", "t", creds=f"{USER}:{PASSWORD}")
+    ref = f"{token_registry.host}/mm/tokened:t"
+    with pytest.raises(AuthError, match="token server"):
+        resolve(ref)
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {token_registry.host: {"auth": token}}}))
+    assert resolve(ref).rootfs_path.exists()
+    last = token_registry.tokens.requests[-1]
+    assert last["authorized"] and last["query"]["scope"] == ["repository:mm/tokened:pull"]
+    assert last["query"]["service"] == ["mm-test-registry"]
