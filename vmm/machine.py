@@ -221,6 +221,19 @@ class Machine:
     def kill(self) -> None:
         self._finish(ExitState("killed"))
 
+    # -- vmm.worker.vm.VirtualMachine --------------------------------------------------------
+    vsock_socket = None  # no vsock device until one is attached by the virtio code
+
+    def pause(self) -> None:
+        self.vcpus.pause()
+
+    def resume(self) -> None:
+        self.vcpus.resume()
+
+    def request_shutdown(self) -> None:
+        """The platform has no ACPI power button (hardware-reduced, no GED): a graceful
+        stop goes through the guest agent; the worker kills the VM after its timeout."""
+
     def wait(self, timeout: float | None = None) -> ExitState | None:
         """Block until every vCPU has ended; how the VM ended, or None on timeout."""
         from vmm.vcpus import VcpuError
@@ -271,3 +284,16 @@ class Machine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def worker_factory(config: dict, console, events) -> Machine:
+    """`vmm.worker.vm` factory: `config` holds MachineConfig fields (kernel, initrd,
+    cmdline, cpus, memory, console_log, hugepages, extra_cmdline)."""
+    fields = set(MachineConfig.__dataclass_fields__)
+    unknown = set(config) - fields
+    if unknown:
+        raise ConfigError(f"unknown machine settings: {', '.join(sorted(unknown))}")
+    cfg = dict(config)
+    if "extra_cmdline" in cfg:
+        cfg["extra_cmdline"] = tuple(cfg["extra_cmdline"])
+    return Machine(MachineConfig(**cfg), console=console)
