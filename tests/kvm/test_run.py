@@ -145,3 +145,22 @@ def test_dirty_log(kvm):
         assert t.mem.dirty_pages(t.vm, 0) == []   # reading clears
         t.mem.set_dirty_logging(t.vm, False)
         assert not t.mem.dirty_logging(0)
+
+
+def test_kvm_clock_via_the_msr_the_guest_writes(kvm):
+    # What a Linux guest's kvm-clock driver does: write MSR_KVM_SYSTEM_TIME_NEW with the
+    # address of a pvclock_vcpu_time_info (| 1 = enable); KVM fills it in.
+    src = """
+        mov ecx, 0x4b564d01; mov eax, 0x5001; xor edx, edx; wrmsr
+        mov eax, 0x40000001; cpuid; mov r12, rax          # KVM feature bits
+        hlt
+    """
+    with TestVm(kvm, src) as t:
+        assert t.run()[0].reason == RunExit.HLT
+        features = t.vm.vcpus[0].get_regs().r12
+        assert features & (1 << 3)                       # KVM_FEATURE_CLOCKSOURCE2
+        info = t.mem.read(0x5000, 32)
+        version = int.from_bytes(info[0:4], "little")
+        tsc_to_system_mul = int.from_bytes(info[24:28], "little")
+        assert version % 2 == 0 and version > 0          # even: an update completed
+        assert tsc_to_system_mul != 0

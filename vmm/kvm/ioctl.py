@@ -1,7 +1,7 @@
 """The one place that issues KVM ioctls from Python: `_ioctl(fd, name, arg)`.
 
 Goes through libc's ioctl via ctypes (which drops the GIL for the call) and turns a
-failure into `KvmError(name, errno)`. Nothing else in the tree calls fcntl.ioctl;
+failure into `KvmError(name, errno)`. Nothing else in the tree issues a KVM ioctl;
 only the Cython run loop issues KVM_RUN itself, from C.
 """
 from __future__ import annotations

@@ -89,7 +89,13 @@ class Kvm:
 
     def check(self) -> None:
         """Raise KvmUnavailable / KvmCapabilityError unless this KVM can run our VMs."""
-        version = self.api_version()
+        try:
+            version = self.api_version()
+        except KvmError as e:
+            if e.errno == E.ENOTTY:
+                raise KvmUnavailable(f"{self.path} is not a KVM device",
+                                     "pass /dev/kvm (or leave the path at its default)") from None
+            raise
         if version != A.KVM_API_VERSION:
             raise KvmUnavailable(f"{self.path} speaks KVM API {version}, we need 12",
                                  "use a newer host kernel")
