@@ -178,6 +178,7 @@ class ApiServer:
     def __init__(self, loop: EventLoop, path: Path, handler: Handler) -> None:
         self.loop, self.path, self.handler = loop, Path(path), handler
         self.connections: set[Connection] = set()
+        self.closed = False
         try:
             self.path.unlink()  # a socket left by a worker that died
         except FileNotFoundError:
@@ -200,6 +201,10 @@ class ApiServer:
         self.connections.add(Connection(self, sock))
 
     def close(self) -> None:
+        """Stop listening; each connection closes once its pending output is written."""
+        if self.closed:
+            return
+        self.closed = True
         for conn in list(self.connections):
             conn.close_after_flush()
         self.loop.remove_reader(self.sock.fileno())

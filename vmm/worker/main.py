@@ -23,7 +23,7 @@ from vmm.machines.layout import MachinePaths
 from vmm.machines.liveness import self_identity
 from vmm.worker.spec import WorkerSpec
 
-# After the VM ends, give replies (wait/stop answers, console tails) this long to flush.
+# After the VM ends, give replies (wait/stop answers, console tails) at most this long to flush.
 LINGER_S = 0.5
 
 
@@ -66,7 +66,17 @@ def run_worker(spec_path: Path, ready_fd: int) -> int:
     # timeout, as `mm stop`; SIGINT (a stray Ctrl-C reaching it) is ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(lambda: service.begin_stop(spec.stop_timeout)))
-    service.on_exit = lambda: loop.call_later(LINGER_S, loop.stop)
+    def linger(deadline: float) -> None:
+        if not server.connections or time.monotonic() > deadline:
+            loop.stop()
+        else:
+            loop.call_later(0.01, lambda: linger(deadline))
+
+    def on_exit() -> None:
+        server.close()  # no new clients: the store has the outcome now
+        linger(time.monotonic() + LINGER_S)
+
+    service.on_exit = on_exit
     try:
         loop.run()
     finally:
