@@ -150,3 +150,15 @@ def test_bearer_token_auth(token_registry, tmp_path, cache):
     last = token_registry.tokens.requests[-1]
     assert last["authorized"] and last["query"]["scope"] == ["repository:mm/tokened:pull"]
     assert last["query"]["service"] == ["mm-test-registry"]
+
+
+def test_cli_pull_json(registry, pushed, cache, capsys):
+    from vmm.cli.main import main
+
+    ref = f"{registry.host}/mm/layered:1"
+    assert main(["image", "pull", ref, "--json", "--rootfs"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["name"] == ref and out["digest"].startswith("sha256:")
+    assert main(["image", "inspect", ref, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["digest"] == out["digest"] and data["rootfs"] == out["rootfs"] and data["rootfs_built"]

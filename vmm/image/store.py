@@ -214,7 +214,7 @@ class Store:
                     removed["rootfs"] += 1
             if partials:
                 # Holding gc.lock exclusively means no pull or build is using tmp/ now.
-                for path in list((self.root / "tmp").glob("*")):
+                for path in list((self.root / "tmp").glob("*")) + list((self.root / "refs").glob(".ref-*")):
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                     removed["tmp"] += 1
         return removed
