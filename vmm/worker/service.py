@@ -179,11 +179,12 @@ class WorkerService:
             machine.request_shutdown()
 
     def _agent_shutdown(self, machine: VirtualMachine) -> None:
-        from vmm.guest import AgentClient  # the guest engineer's client of our exec agent
+        """On a helper thread: the guest agent stops the workload and powers off."""
+        from vmm.guest.agent_client import AgentClient
 
         try:
-            AgentClient(self._vsock_connect(machine, self.spec.agent_port)).shutdown()
-        except Exception as exc:
+            AgentClient(machine.vsock_socket, vsock_port=self.spec.agent_port, timeout=10.0).shutdown()
+        except Exception as exc:  # the agent is not up (yet): the VM's own way, then the timeout
             log(f"agent shutdown failed ({exc}); asking the VM instead")
             self.loop.call_soon_threadsafe(machine.request_shutdown)
 

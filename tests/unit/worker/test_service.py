@@ -127,3 +127,54 @@ def test_pause_resume_and_stop_recorded(worker):
     done = machines.get(rec.id)
     assert (done.state, done.exit_code, done.exit_reason) == (State.EXITED, 5, "poweroff")
     assert client.wait()["exit_code"] == 5
+
+
+def test_stop_asks_the_agent_over_vsock(tmp_path):
+    """With an agent port in the spec, stop speaks the agent protocol (vmm.guest) through
+    the VM's vsock socket. The far end is a protocol double on a host socket."""
+    import socket
+
+    from vmm.guest.protocol import HELLO, Frame, encode
+
+    uds = tmp_path / "vsock.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(uds))
+    listener.listen(1)
+    seen = []
+    vm = RecordingVM()
+    vm.vsock_socket = str(uds)
+
+    def agent():
+        conn, _ = listener.accept()
+        line = b""
+        while not line.endswith(b"\n"):
+            line += conn.recv(1)
+        seen.append(line)
+        conn.sendall(b"OK 1073741824\n")
+        data = b""
+        while len(data) < 8 + len(HELLO) + 8:
+            data += conn.recv(4096)
+        seen.append(data[8 + len(HELLO)])  # the request frame's type
+        conn.sendall(encode(Frame.HELLO, HELLO) + encode(Frame.OK))
+        conn.close()
+        vm.end(ExitState("poweroff", 0))
+
+    threading.Thread(target=agent, daemon=True).start()
+    machines = open_machines(tmp_path)
+    rec = machines.begin_start(machines.create("img").id)
+    spec = WorkerSpec(machine_id=rec.id, generation=rec.generation, state_dir=str(tmp_path), factory="x:y",
+                      machine={}, agent_port=1024)
+    loop = Loop()
+    service = WorkerService(loop, spec, machines, tmp_path / "console.log")
+    server = ApiServer(loop, tmp_path / "api.sock", service)
+    service.attach(vm)
+    t = threading.Thread(target=loop.run, daemon=True)
+    t.start()
+    try:
+        assert WorkerClient(tmp_path / "api.sock").stop(timeout=5)["reason"] == "poweroff"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+        server.close()
+    assert seen == [b"CONNECT 1024\n", Frame.SHUTDOWN]
+    assert "shutdown" not in vm.calls and "kill" not in vm.calls
