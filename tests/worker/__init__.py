@@ -1,0 +1,1 @@
+"""Host tests with real workers running real tiny guests."""

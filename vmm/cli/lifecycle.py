@@ -88,6 +88,12 @@ def register(app: typer.Typer) -> None:
         c = _control()
         _each(names, lambda n: c.remove(n, force))
 
+    _register_running(app)
+
+
+def _register_running(app: typer.Typer) -> None:
+    """The commands for machines that run: pause, unpause, wait."""
+
     @app.command("pause")
     def pause(names: list[str] = NAMES) -> None:
         """Pause every vCPU of machines."""
