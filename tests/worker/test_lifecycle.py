@@ -146,3 +146,18 @@ def test_wrong_state_over_the_api(control, spawn):
     with pytest.raises(WrongState):
         client.resume()
     assert client.status()["state"] == "running"
+
+
+def test_failed_start_is_a_clear_error_and_recorded(control):
+    from vmm.worker.launch import WorkerStartError
+
+    rec = control.machines.create("tiny", name="broken", config={
+        "worker": {"factory": "tests.worker.nosuchmodule:create", "machine": {}}})
+    with pytest.raises(WorkerStartError) as err:
+        control.start("broken")
+    assert "cannot load machine factory" in err.value.message and err.value.exit_status == 125
+    rec = control.find("broken")
+    assert (rec.state, rec.exit_code, rec.exit_reason) == (State.EXITED, 125, "error")
+    assert "nosuchmodule" in rec.error
+    assert not control.paths(rec).api_socket.exists()
+    wait_for(lambda: not is_alive(rec.worker_pid, rec.worker_start), what="the failed worker to exit")
