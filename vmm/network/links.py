@@ -33,8 +33,13 @@ def _fail(what: str, exc: NetlinkError) -> NetworkError:
 
 
 def index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    # One RTM_GETLINK by name, not a dump of every link (link_lookup) as hosts grow.
+    try:
+        return ipr.link("get", ifname=name)[0]["index"]
+    except NetlinkError as exc:
+        if exc.code == 19:  # ENODEV
+            return None
+        raise _fail(f"looking up link {name}", exc) from None
 
 
 def names(ipr: IPRoute, prefix: str = "") -> list[str]:

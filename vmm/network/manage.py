@@ -21,7 +21,7 @@ _VETH_RE = re.compile(r"^mmv[A-Za-z0-9_.-]{1,12}$")
 
 
 def _kind(ipr: IPRoute, name: str) -> str | None:
-    for link in ipr.get_links(ifname=name):
+    for link in ipr.link("get", ifname=name):
         info = link.get("IFLA_LINKINFO")
         return info.get("IFLA_INFO_KIND") if info else None
     return None
