@@ -145,3 +145,63 @@ def test_zombies_are_reaped_and_everything_is_killed(vm):
     start = time.monotonic()
     code, _, _ = vm.run(boot(["sh", "-c", "sleep 300 & exit 3"]))
     assert code == 3 and time.monotonic() - start < 15
+
+
+def _ns_init_pid(unshare_pid: int, timeout: float = 5) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+        except FileNotFoundError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.02)
+    raise AssertionError("the namespace's init did not start")
+
+
+@pytest.mark.skipif(not shutil.which("ssh") or not shutil.which("nsenter"), reason="openssh-client and nsenter needed")
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/dropbear"), reason="dropbear-bin is not installed")
+def test_ssh_with_per_vm_keys_and_signal_forwarding(vm, tmp_path):
+    from vmm.guest import initramfs, ssh
+    from vmm.guest.cpio import read_names
+
+    keys = ssh.generate(tmp_path / "keys")
+    cfg = boot(["sleep", "60"], ssh=True, ip="10.9.0.2/24")
+    # Unpack what the real initrd carries for SSH into the test's initramfs dir.
+    ir = tmp_path / "ir"
+    archive = initramfs.base_initramfs(ssh=True).read_bytes() + initramfs.config_archive(cfg, keys)
+    for name, (mode, data) in read_names(archive).items():
+        if name.startswith("mm/ssh/"):
+            (ir / "mm" / "ssh").mkdir(exist_ok=True)
+            (ir / name).write_bytes(data)
+            (ir / name).chmod(mode & 0o777)
+    (ir / "mm" / "config").write_bytes(cfg.render())
+    known = tmp_path / "known_hosts"
+    known.write_text(keys.known_hosts_line("10.9.0.2"))
+    script = (f"ip link add eth0 type veth peer name eth1 || exit 99\n"
+              f"mount --bind {vm.root} {ir}/hostimg || exit 98\n"
+              f"exec chroot {ir} /init\n")
+    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--net", "--uts", "--ipc", "--fork",
+                             "--propagation", "private", "sh", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        init = _ns_init_pid(proc.pid)
+        ssh_cmd = ["nsenter", "-t", str(init), "-n", "ssh", "-i", str(keys.user_key),
+                   "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                   "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "root@10.9.0.2"]
+        deadline = time.monotonic() + 15
+        while True:
+            r = subprocess.run([*ssh_cmd, "echo hello from $(hostname); id -u"], capture_output=True, text=True)
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["hello", "from", "mm", "0"]
+        # SIGTERM to PID 1 is forwarded to the workload, whose death ends the VM.
+        subprocess.run([*ssh_cmd, "kill -TERM 1"], capture_output=True, timeout=15)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "MM-EXIT code=143 signal=15" in out
