@@ -59,6 +59,7 @@ step_artifacts() {
   local mm="$VENV/bin/mm"
   log "guest kernel";   "$mm" kernel build
   log "lab";            "$mm" lab prepare
+  log "guest init"; make -C "$ROOT/guest" -s
   log "default image"; "$mm" image build-default
 }
 
