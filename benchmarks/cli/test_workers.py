@@ -63,3 +63,25 @@ def test_twenty_concurrent_workers(benchmark, control):
     benchmark.extra_info["worker_rss_kib_median"] = statistics.median(rss)
     benchmark.extra_info["worker_rss_kib_max"] = max(rss)
     print(f"\nper-worker RSS: median {statistics.median(rss) / 1024:.1f} MiB, max {max(rss) / 1024:.1f} MiB")
+
+
+def test_start_one_worker(benchmark, control):
+    """`mm start` of one machine: double fork, worker imports, VM built, vCPU running."""
+    worker = {"factory": "tests.worker.tinyguest:create", "machine": {}, "stop_timeout": 5.0}
+    rec = control.machines.create("tiny", config={"worker": worker})
+
+    def setup():
+        if control.find(rec.id).state.value != "created":
+            control.kill(rec.id)
+            control.wait(rec.id)
+        return (), {}
+
+    benchmark.pedantic(lambda: control.start(rec.id), setup=setup, rounds=5, iterations=1)
+
+
+def test_pause_resume_round_trip(benchmark, control):
+    """One API pause + resume of a running tiny guest (the store updated each time)."""
+    worker = {"factory": "tests.worker.tinyguest:create", "machine": {}, "stop_timeout": 5.0}
+    rec = control.start(control.machines.create("tiny", config={"worker": worker}).id)
+    client = control.client(rec)
+    benchmark.pedantic(lambda: (client.pause(), client.resume()), rounds=20, iterations=1)
