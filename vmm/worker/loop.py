@@ -1,6 +1,7 @@
 """The worker's event loop: readers/writers on fds, timers, and calls from other threads.
 
-Small on purpose (selectors + a wake-up pipe). It also satisfies
+Small on purpose (selectors + a wake-up pipe). A failing callback is logged to
+stderr (worker.log) and the loop goes on: one bad request must not take the VM down. It also satisfies
 `devices.interfaces.EventRegistry`, so devices can register their fds with it. Other
 threads (vCPU threads, the machine's exit waiter) never touch loop state: they hand work
 over with `call_soon_threadsafe`.
@@ -112,9 +113,9 @@ class Loop:
             for key, events in self._sel.select(timeout):
                 reader, writer = key.data
                 if events & selectors.EVENT_READ and reader:
-                    reader()
+                    _call(reader)
                 if events & selectors.EVENT_WRITE and writer and self._still(key.fd, writer):
-                    writer()
+                    _call(writer)
             self._run_pending()
             self._run_timers()
 
@@ -129,16 +130,28 @@ class Loop:
         with self._lock:
             batch, self._pending = self._pending, collections.deque()
         for fn in batch:
-            fn()
+            _call(fn)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.fn()
+                _call(timer.fn)
 
     def close(self) -> None:
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def _call(fn: Callback) -> None:
+    """Run one callback; a bug in one must not end the loop (and with it the VM)."""
+    try:
+        fn()
+    except Exception:
+        import sys
+        import traceback
+
+        print("worker loop: a callback failed (the VM runs on):", file=sys.stderr)
+        traceback.print_exc()

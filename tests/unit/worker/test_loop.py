@@ -44,3 +44,14 @@ def test_reader_and_writer_on_one_fd():
     loop.run()
     assert "w" in events and b"hi" in events
     loop.close()
+
+
+def test_a_failing_callback_does_not_end_the_loop(capfd):
+    loop = Loop()
+    seen = []
+    loop.call_later(0, lambda: 1 / 0)
+    loop.call_later(0.01, lambda: (seen.append("after"), loop.stop()))
+    loop.run()
+    assert seen == ["after"]
+    assert "ZeroDivisionError" in capfd.readouterr().err
+    loop.close()
