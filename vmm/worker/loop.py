@@ -41,12 +41,19 @@ class Loop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._running = False
+        self._thread: int | None = None  # the thread running the loop, once it runs
         self.add_reader(self._wake_r, self._drain_wake)
 
     # -- fds -----------------------------------------------------------------------------
 
     def _set(self, fd: int, reader: Callback | None | bool, writer: Callback | None | bool) -> None:
-        """Set (callable), clear (None) or keep (False) the reader / writer of `fd`."""
+        """Set (callable), clear (None) or keep (False) the reader / writer of `fd`.
+
+        From another thread (a device activated on a vCPU thread) the change is handed to
+        the loop thread, which alone touches the selector."""
+        if self._thread is not None and threading.get_ident() != self._thread:
+            self.call_soon_threadsafe(lambda: self._set(fd, reader, writer))
+            return
         try:
             key = self._sel.get_key(fd)
             old_r, old_w = key.data
@@ -103,6 +110,7 @@ class Loop:
 
     def run(self) -> None:
         self._running = True
+        self._thread = threading.get_ident()
         while self._running:
             timeout = None
             if self._timers:

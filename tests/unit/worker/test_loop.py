@@ -55,3 +55,20 @@ def test_a_failing_callback_does_not_end_the_loop(capfd):
     assert seen == ["after"]
     assert "ZeroDivisionError" in capfd.readouterr().err
     loop.close()
+
+
+def test_reader_added_from_another_thread():
+    loop = Loop()
+    r, w = os.pipe()
+    got = []
+    t = threading.Thread(target=loop.run)
+    t.start()
+    adder = threading.Thread(target=lambda: loop.add_reader(r, lambda: (got.append(os.read(r, 10)), loop.stop())))
+    adder.start()
+    adder.join()
+    os.write(w, b"z")
+    t.join(5)
+    assert got == [b"z"] and not t.is_alive()
+    loop.close()
+    os.close(r)
+    os.close(w)
