@@ -13,6 +13,7 @@ import select
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -70,6 +71,16 @@ def ns_state() -> dict:
     addrs = sorted(" ".join(line.split()[1:4]) for line in _run("ip", "-o", "-4", "addr").splitlines())
     return {"links": link_names, "addrs": addrs, "routes": _run("ip", "route"),
             "nft": _run("nft", "list", "ruleset"), "netns": sorted(netns.names(TAG))}
+
+
+def settled(expected: dict, timeout: float = 5.0) -> dict:
+    """ns_state() once it equals `expected` (the kernel destroys namespaces asynchronously)."""
+    deadline = time.monotonic() + timeout
+    state = ns_state()
+    while state != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+        state = ns_state()
+    return state
 
 
 class Guest:

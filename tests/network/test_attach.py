@@ -8,7 +8,7 @@ import pytest
 
 from vmm.network import attachment as net
 from vmm.network import netns
-from tests.network.conftest import ns_state, tcp_get
+from tests.network.conftest import ns_state, settled, tcp_get
 
 VM1 = "aaaa1111bbbb2222"
 VM2 = "cccc3333dddd4444"
@@ -32,7 +32,8 @@ def test_attach_builds_namespace_bridge_veth_tap_routes_and_rules(host):
     assert "52:54:00:6d:6d:01" in _in_ns(a.netns, "ip", "link", "show", "mmtap0")
     assert "dnat to 172.31.255.2" in _in_ns(a.netns, "nft", "list", "table", "ip", "mm")
     host_rules = subprocess.run(["nft", "list", "table", "ip", "mm"], capture_output=True, text=True).stdout
-    assert 'ip saddr 10.88.0.0/16 oifname != "mm0" masquerade' in host_rules
+    assert "ip saddr @outbound oifname != @bridges masquerade" in host_rules
+    assert "elements = { 10.88.0.0/16 }" in host_rules
     assert net.lookup(VM1) == a
     net.detach(VM1)
 
@@ -51,7 +52,7 @@ def test_detach_leaves_nothing(host):
     net.attach(VM2)
     assert net.detach(VM1) and net.detach(VM2)
     assert not net.detach(VM1)
-    after = ns_state()
+    after = settled(before)
     assert after["netns"] == before["netns"] and not netns.exists(a.netns)
     assert net.veth_name(VM1) not in after["links"]
     assert after["nft"] == before["nft"]  # the table goes with the last VM

@@ -24,7 +24,7 @@ from pyroute2 import IPRoute
 from vmm import store
 from vmm.network import dns, ipam, links, netns, nft
 from vmm.network import ports as portspec
-from vmm.network.errors import BadPortSpec, NetworkError  # noqa: F401 (re-exported)
+from vmm.network.errors import BadPortSpec, NetworkError, NftError  # noqa: F401 (NetworkError re-exported)
 
 GUEST_IP = str(ipam.GUEST_SUBNET[2])
 GATEWAY_IP = str(ipam.GUEST_SUBNET[1])
@@ -158,7 +158,7 @@ def attach(vm_id: str, network: str = ipam.DEFAULT_NAME, publish: list[str] | tu
         lease = _reserve(conn, vm_id, network, mappings, owner_pid)
         try:
             _plumb(ipr, net, lease)
-            sync_host(conn)
+            _host_add(conn, net, lease, mappings)
         except BaseException:
             _teardown(ipr, vm_id)
             with store.transaction(conn):
@@ -170,7 +170,9 @@ def attach(vm_id: str, network: str = ipam.DEFAULT_NAME, publish: list[str] | tu
 
 def _plumb(ipr: IPRoute, net: ipam.Network, lease: ipam.Lease) -> None:
     ns = netns_name(lease.vm_id)
-    netns.create(ns)
+    if netns.create(ns):
+        # A new namespace: a host veth of that name is the dying half of an earlier one.
+        links.delete(ipr, veth_name(lease.vm_id))
     bridge = links.ensure_bridge(ipr, net.bridge, net.gateway, net.prefixlen)
     netns.write_sysctl("net.ipv4.ip_forward", "1")
     # Lets the host's own connections to 127.0.0.1:PORT be DNATed onto the bridge.
@@ -190,22 +192,41 @@ def _plumb(ipr: IPRoute, net: ipam.Network, lease: ipam.Lease) -> None:
         nft.run(nft.vm_script(lease.ip, GUEST_IP, UPLINK_NAME))
 
 
+def _host_add(conn, net: ipam.Network, lease: ipam.Lease, mappings) -> None:
+    """Add the network's and the VM's elements to the host table (only additions: fast)."""
+    with store.transaction(conn):  # one host-table editor at a time, across processes
+        if nft.exists():
+            try:
+                nft.run(nft.lines(nft.network_elements(net) + nft.port_elements("add", lease.ip, mappings)))
+                return
+            except NftError:
+                pass  # e.g. a stale element from a crash: render everything from the store below
+        nft.run(_full_host(conn))
+
+
+def _full_host(conn) -> str:
+    rows = conn.execute(
+        "SELECT p.*, l.ip FROM ports p JOIN leases l ON l.vm_id = p.vm_id ORDER BY p.host_port").fetchall()
+    used = {r[0] for r in conn.execute("SELECT DISTINCT network FROM leases")}
+    networks = [n for n in ipam.list_networks(conn) if n.name in used]
+    if not networks:
+        return nft.delete_script()
+    published = [(r["ip"], portspec.PortMapping(r["host_port"], r["guest_port"], r["proto"], r["host_ip"]))
+                 for r in rows]
+    return nft.full_host_script(networks, published)
+
+
 def _teardown(ipr: IPRoute, vm_id: str) -> None:
-    # Deleting the host end first removes the pair synchronously; namespace cleanup is async.
-    links.delete(ipr, veth_name(vm_id))
-    netns.remove(netns_name(vm_id))
+    # Removing the namespace is enough: the kernel destroys it, and with it both veth ends,
+    # asynchronously. Deleting the veth here would wait ~25 ms for RCU.
+    if not netns.remove(netns_name(vm_id)):
+        links.delete(ipr, veth_name(vm_id))
 
 
 def sync_host(conn) -> None:
-    """Render the host table from the store and load it (deleted when no VM is attached)."""
+    """Render the whole host table from the store and load it (deleted when no VM is attached)."""
     with store.transaction(conn):
-        rows = conn.execute(
-            "SELECT p.*, l.ip FROM ports p JOIN leases l ON l.vm_id = p.vm_id ORDER BY p.host_port").fetchall()
-        used = {r[0] for r in conn.execute("SELECT DISTINCT network FROM leases")}
-        networks = [n for n in ipam.list_networks(conn) if n.name in used]
-        published = [(r["ip"], portspec.PortMapping(r["host_port"], r["guest_port"], r["proto"], r["host_ip"]))
-                     for r in rows]
-        nft.run(nft.host_script(networks, published) if networks else nft.delete_script())
+        nft.run(_full_host(conn))
 
 
 def detach(vm_id: str, conn=None) -> bool:
@@ -213,13 +234,17 @@ def detach(vm_id: str, conn=None) -> bool:
     _check_id(vm_id)
     conn = conn or ipam.open_db()
     with IPRoute() as ipr:
-        had = links.index(ipr, veth_name(vm_id)) is not None or netns.exists(netns_name(vm_id))
+        had = netns.exists(netns_name(vm_id))
         _teardown(ipr, vm_id)
     with store.transaction(conn):
-        leased = ipam.release(conn, vm_id)
-    if leased or had:
-        sync_host(conn)
-    return leased or had
+        lease = ipam.get_lease(conn, vm_id)
+        mappings = _stored_ports(conn, vm_id)
+        ipam.release(conn, vm_id)
+        if conn.execute("SELECT 1 FROM leases LIMIT 1").fetchone() is None:
+            nft.run(nft.delete_script())  # the last VM: no table at all
+        elif lease is not None and mappings:
+            nft.run(nft.lines(nft.port_elements("delete", lease.ip, mappings)))
+    return lease is not None or had
 
 
 def lookup(vm_id: str, conn=None) -> NetworkAttachment | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from vmm import store
 from vmm.network import attachment, ipam, links, netns
@@ -21,10 +22,12 @@ _VETH_RE = re.compile(r"^mmv[A-Za-z0-9_.-]{1,12}$")
 
 
 def _kind(ipr: IPRoute, name: str) -> str | None:
-    for link in ipr.link("get", ifname=name):
-        info = link.get("IFLA_LINKINFO")
-        return info.get("IFLA_INFO_KIND") if info else None
-    return None
+    try:
+        found = ipr.link("get", ifname=name)
+    except NetlinkError:
+        return None  # gone meanwhile (namespaces are destroyed asynchronously)
+    info = found[0].get("IFLA_LINKINFO") if found else None
+    return info.get("IFLA_INFO_KIND") if info else None
 
 
 def create(name: str, subnet: str, internal: bool = False, conn=None) -> ipam.Network:

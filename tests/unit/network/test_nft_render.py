@@ -1,4 +1,4 @@
-"""The nft scripts we render: our table only, replaced atomically, rules per network kind."""
+"""The nft scripts we render: our table only, data in sets/maps, additions for attach."""
 from __future__ import annotations
 
 from vmm.network import nft
@@ -9,26 +9,29 @@ DEFAULT = Network("mm", "mm0", "10.88.0.0/16", "10.88.0.1", False)
 INTERNAL = Network("lab", "mm1", "10.89.0.0/24", "10.89.0.1", True)
 
 
-def test_host_script_replaces_only_our_table():
-    script = nft.host_script([DEFAULT], [])
-    assert script.startswith("add table ip mm\ndelete table ip mm\ntable ip mm {")
-    assert "flush ruleset" not in script
-    assert 'ip saddr 10.88.0.0/16 oifname != "mm0" masquerade' in script
+def test_full_script_replaces_only_our_table():
+    script = nft.full_host_script([DEFAULT], [])
+    assert script.startswith("add table ip mm\ndelete table ip mm\n")
+    assert "flush ruleset" not in script and "table inet" not in script
+    assert "ip saddr @outbound oifname != @bridges masquerade" in script
+    assert 'add element ip mm outbound { 10.88.0.0/16 }' in script
 
 
-def test_internal_network_gets_no_masquerade_and_is_fenced():
-    script = nft.host_script([DEFAULT, INTERNAL], [])
-    assert "10.89.0.0/24 oifname" not in script
-    assert 'iifname "mm1" oifname != "mm1" drop' in script
-    assert 'iifname { "mm0", "mm1" } ip daddr 127.0.0.0/8 drop' in script
+def test_internal_network_is_fenced_not_masqueraded():
+    elements = nft.network_elements(INTERNAL)
+    assert 'add element ip mm internal { "mm1" }' in elements
+    assert not any("outbound" in line for line in elements)
+    assert 'add element ip mm bridges { "mm1" }' in elements
 
 
-def test_published_ports():
-    script = nft.host_script([DEFAULT], [("10.88.0.2", PortMapping(8080, 80)),
-                                         ("10.88.0.3", PortMapping(53, 5353, "udp", "127.0.0.1"))])
-    assert "tcp dport 8080 dnat to 10.88.0.2:80" in script
-    assert "ip daddr 127.0.0.1 udp dport 53 dnat to 10.88.0.3:5353" in script
-    assert 'oifname "mm0" ip saddr 127.0.0.0/8 masquerade' in script
+def test_attach_only_adds_and_detach_deletes_ports():
+    ports = [PortMapping(8080, 80), PortMapping(53, 5353, "udp", "127.0.0.1")]
+    added = nft.port_elements("add", "10.88.0.2", ports)
+    assert added == ["add element ip mm pub_tcp { 8080 : 10.88.0.2 . 80 }",
+                     "add element ip mm pub_udp_at { 127.0.0.1 . 53 : 10.88.0.2 . 5353 }"]
+    assert all(line.startswith("add ") for line in nft.network_elements(DEFAULT) + added)
+    assert nft.port_elements("delete", "10.88.0.2", ports) == [
+        "delete element ip mm pub_tcp { 8080 }", "delete element ip mm pub_udp_at { 127.0.0.1 . 53 }"]
 
 
 def test_vm_script_is_one_to_one_nat():
