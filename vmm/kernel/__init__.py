@@ -143,14 +143,18 @@ def build(force: bool = False, jobs: int = 2, log=print) -> Path:
     work = base / f"src-{hashlib.sha256(source_version().encode()).hexdigest()[:12]}"
     out = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
     try:
+        build_log = out / "build.log"
         log(f"building the guest kernel ({key}) with -j{jobs}; this takes ~7 minutes on 2 cores")
-        res = subprocess.run(
-            ["bash", str(BUILD_SCRIPT), str(SOURCE_TARBALL), str(work), str(out), str(jobs)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        log(f"log: {build_log}")
+        with open(build_log, "w") as logf:
+            res = subprocess.run(
+                ["bash", str(BUILD_SCRIPT), str(SOURCE_TARBALL), str(work), str(out), str(jobs)],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            )
         if res.returncode != 0:
+            tail = build_log.read_text(errors="replace").strip()[-2000:]
             raise KernelError(
-                f"the kernel build failed (exit {res.returncode}):\n{res.stderr.strip()[-2000:]}",
+                f"the kernel build failed (exit {res.returncode}):\n{tail}",
                 "fix kernel/microvm.config, or run kernel/build.sh by hand to see the whole log",
             )
         verify_vmlinux(out / "vmlinux")
