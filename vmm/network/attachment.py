@@ -170,24 +170,21 @@ def attach(vm_id: str, network: str = ipam.DEFAULT_NAME, publish: list[str] | tu
 
 def _plumb(ipr: IPRoute, net: ipam.Network, lease: ipam.Lease) -> None:
     ns = netns_name(lease.vm_id)
-    if netns.create(ns):
-        # A new namespace: a host veth of that name is the dying half of an earlier one.
-        links.delete(ipr, veth_name(lease.vm_id))
+    fresh = netns.create(ns)
     bridge = links.ensure_bridge(ipr, net.bridge, net.gateway, net.prefixlen)
     netns.write_sysctl("net.ipv4.ip_forward", "1")
     # Lets the host's own connections to 127.0.0.1:PORT be DNATed onto the bridge.
     netns.write_sysctl(f"net.ipv4.conf.{net.bridge}.route_localnet", "1")
-    links.ensure_veth(ipr, veth_name(lease.vm_id), UPLINK_NAME, netns.path(ns), bridge)
+    links.ensure_veth(ipr, veth_name(lease.vm_id), UPLINK_NAME, netns.path(ns), bridge, fresh)
     with netns.entered(ns):
         with IPRoute() as nipr:
             links.set_up(nipr, "lo")
-            uplink = links.set_up(nipr, UPLINK_NAME)
-            links.ensure_address(nipr, uplink, lease.ip, net.prefixlen)
+            links.set_up(nipr, UPLINK_NAME)
+            links.ensure_address(nipr, links.index(nipr, UPLINK_NAME), lease.ip, net.prefixlen)
             links.ensure_default_route(nipr, net.gateway)
             links.ensure_tap(TAP_NAME)
-            tap = links.index(nipr, TAP_NAME)
-            nipr.link("set", index=tap, address=TAP_MAC, state="up")
-            links.ensure_address(nipr, tap, GATEWAY_IP, GUEST_PREFIXLEN)
+            links.set_up(nipr, TAP_NAME, address=TAP_MAC)
+            links.ensure_address(nipr, links.index(nipr, TAP_NAME), GATEWAY_IP, GUEST_PREFIXLEN)
         netns.write_sysctl("net.ipv4.ip_forward", "1")
         nft.run(nft.vm_script(lease.ip, GUEST_IP, UPLINK_NAME))
 

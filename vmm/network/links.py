@@ -46,62 +46,74 @@ def names(ipr: IPRoute, prefix: str = "") -> list[str]:
     return sorted(n for n in (link.get("ifname") for link in ipr.get_links()) if n and n.startswith(prefix))
 
 
-def set_up(ipr: IPRoute, name: str) -> int:
-    idx = index(ipr, name)
-    if idx is None:
-        raise NetworkError(f"link {name} vanished while being configured")
-    ipr.link("set", index=idx, state="up")
-    return idx
+def set_up(ipr: IPRoute, name: str, **attrs) -> None:
+    """Bring `name` up (setting `attrs` too, e.g. address=MAC) by name: one request."""
+    try:
+        ipr.link("set", ifname=name, state="up", **attrs)
+    except NetlinkError as exc:
+        raise _fail(f"bringing {name} up", exc) from None
 
 
 def ensure_address(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
-    current = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=socket.AF_INET)}
-    if (address, prefixlen) in current:
-        return
+    # Adding is the check: EEXIST means it is there already (ours, or a concurrent attach's).
     try:
         ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
     except NetlinkError as exc:
-        if exc.code == 17:  # EEXIST: a concurrent attach added it between our check and now
-            return
-        raise _fail(f"adding {address}/{prefixlen}", exc) from None
+        if exc.code != 17:
+            raise _fail(f"adding {address}/{prefixlen}", exc) from None
 
 
 def ensure_bridge(ipr: IPRoute, name: str, address: str, prefixlen: int) -> int:
-    if index(ipr, name) is None:
+    try:
+        link = ipr.link("get", ifname=name)[0]
+    except NetlinkError:
+        link = None
+    if link is None:
         try:
-            ipr.link("add", ifname=name, kind="bridge")
+            ipr.link("add", ifname=name, kind="bridge", state="up")
         except NetlinkError as exc:
             if exc.code != 17:  # EEXIST: another process made it first
                 raise _fail(f"creating bridge {name}", exc) from None
-    idx = set_up(ipr, name)
-    ensure_address(ipr, idx, address, prefixlen)
-    return idx
+        link = ipr.link("get", ifname=name)[0]
+    if not link["flags"] & 1:  # IFF_UP
+        set_up(ipr, name)
+    ensure_address(ipr, link["index"], address, prefixlen)
+    return link["index"]
 
 
 def delete(ipr: IPRoute, name: str) -> bool:
-    idx = index(ipr, name)
-    if idx is None:
-        return False
     try:
-        ipr.link("del", index=idx)
+        ipr.link("del", ifname=name)
     except NetlinkError as exc:
-        if exc.code != 19:  # ENODEV: gone meanwhile
-            raise _fail(f"deleting link {name}", exc) from None
+        if exc.code == 19:  # ENODEV: not there (or gone meanwhile)
+            return False
+        raise _fail(f"deleting link {name}", exc) from None
     return True
 
 
-def ensure_veth(ipr: IPRoute, host_name: str, peer_name: str, netns_path: str, bridge_idx: int) -> None:
-    """A veth pair: `host_name` here enslaved to the bridge, `peer_name` inside the namespace."""
-    if index(ipr, host_name) is None:
-        nsfd = os.open(netns_path, os.O_RDONLY)
-        try:
-            ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": peer_name, "net_ns_fd": nsfd})
-        except NetlinkError as exc:
-            raise _fail(f"creating veth {host_name}", exc) from None
-        finally:
-            os.close(nsfd)
-    idx = index(ipr, host_name)
-    ipr.link("set", index=idx, master=bridge_idx, state="up")
+def ensure_veth(ipr: IPRoute, host_name: str, peer_name: str, netns_path: str, bridge_idx: int,
+                fresh: bool) -> None:
+    """A veth pair: `host_name` here, up and enslaved to the bridge; `peer_name` in the namespace.
+
+    `fresh`: the namespace was just created, so a `host_name` already here is the dying
+    half of an earlier pair (namespaces are destroyed asynchronously) and is replaced.
+    """
+    nsfd = os.open(netns_path, os.O_RDONLY)
+    try:
+        for attempt in (1, 2):
+            try:
+                ipr.link("add", ifname=host_name, kind="veth", master=bridge_idx, state="up",
+                         peer={"ifname": peer_name, "net_ns_fd": nsfd})
+                return
+            except NetlinkError as exc:
+                if exc.code != 17:
+                    raise _fail(f"creating veth {host_name}", exc) from None
+            if not fresh or attempt == 2:
+                break
+            delete(ipr, host_name)
+    finally:
+        os.close(nsfd)
+    set_up(ipr, host_name, master=bridge_idx)
 
 
 def ensure_tap(name: str) -> None:
@@ -117,9 +129,6 @@ def ensure_tap(name: str) -> None:
 
 
 def ensure_default_route(ipr: IPRoute, gateway: str) -> None:
-    for route in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-        if route["dst_len"] == 0 and route.get("RTA_GATEWAY") == gateway:
-            return
     try:
         ipr.route("replace", dst="0.0.0.0/0", gateway=gateway)
     except NetlinkError as exc:

@@ -1,0 +1,66 @@
+"""Network set-up and tear-down per VM: `attach` and `detach`, target ≤ 20 ms each (issue 7).
+
+Runs as root inside a private namespace playing the host (nothing touches the real
+host's networking). Each round attaches (or detaches) one VM while 10 others stay
+attached, with one published port, so the figures include the store transaction, the
+namespace, bridge, veth, TAP, routes and both nft tables. Run:
+    .venv/bin/python -m pytest benchmarks/network --benchmark-only -p no:cacheprovider
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+
+import pytest
+
+from vmm.network import attachment as net
+from vmm.network import ipam, netns
+
+TAG = f"mmb{os.getpid() % 100000}"
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, links, nftables)")
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    os.environ["MM_STATE"] = str(tmp_path_factory.mktemp("state"))
+    os.environ["MM_NETNS_PREFIX"] = f"{TAG}-"
+    netns.create(f"{TAG}host")
+    entered = netns.entered(f"{TAG}host")
+    entered.__enter__()
+    try:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        conn = ipam.open_db()
+        for i in range(10):
+            net.attach(f"bg{i}", conn=conn)
+        yield conn
+    finally:
+        entered.__exit__(None, None, None)
+        for name in netns.names(TAG):
+            netns.remove(name)
+        os.environ.pop("MM_NETNS_PREFIX")
+
+
+def test_attach(benchmark, host):
+    ids = (f"a{i}" for i in itertools.count())
+    made = []
+
+    def attach():
+        vm = next(ids)
+        made.append(vm)
+        net.attach(vm, publish=[f"{20000 + len(made)}:80"], conn=host)
+
+    benchmark.pedantic(attach, rounds=30, iterations=1, warmup_rounds=2)
+    for vm in made:
+        net.detach(vm, conn=host)
+
+
+def test_detach(benchmark, host):
+    ids = iter([f"d{i}" for i in range(40)])
+
+    def setup():
+        vm = next(ids)
+        net.attach(vm, publish=[f"{30000 + int(vm[1:])}:80"], conn=host)
+        return (vm,), {}
+
+    benchmark.pedantic(lambda vm: net.detach(vm, conn=host), setup=setup, rounds=30, iterations=1, warmup_rounds=2)
