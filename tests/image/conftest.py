@@ -93,7 +93,7 @@ def registry(tmp_path_factory):
 def auth_registry(tmp_path_factory):
     _need("docker-registry"), _need("skopeo")
     root = tmp_path_factory.mktemp("auth-registry")
-    (root / "htpasswd").write_text(f"{USER}:{crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    (root / "htpasswd").write_text(f"{USER}:{crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n")
     reg = Registry(root, root / "htpasswd")
     yield reg
     reg.stop()

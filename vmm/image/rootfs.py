@@ -63,7 +63,9 @@ def tree_usage(root: Path) -> tuple[int, int]:
 def make_fs(tree: Path, out: Path, fmt: str) -> None:
     """Write a filesystem image of `tree` to `out` (which must not exist)."""
     if fmt == "erofs":
-        _run(["mkfs.erofs", "--quiet", "-Eforce-inode-compact", str(out), str(tree)], "mkfs.erofs")
+        # Extended inodes keep every file's own mtime (compact ones store only the build time),
+        # which tools such as Python's .pyc checks rely on.
+        _run(["mkfs.erofs", "--quiet", "--preserve-mtime", str(out), str(tree)], "mkfs.erofs")
         return
     used, entries = tree_usage(tree)
     # Data + 256 B inodes + directory/extent overhead; ext4 cannot grow here, so be generous.
