@@ -2,16 +2,18 @@
 
 Format choice: **erofs** by default, measured on this machine (2 shared cores):
 
-    tree                          mkfs.erofs          mke2fs -d (ext4, no journal)
-    1,500 files, 54 MiB           0.14 s, 49 MiB      0.41 s, 53 MiB used / 80 MiB file
-    400 files, 100 MiB (bench)    0.23 s, 100 MiB     0.26 s, 100 MiB used / 136 MiB file
+    tree (staged)                 mkfs.erofs          mke2fs -d (ext4, no journal)
+    1,500 files, 54 MiB           0.20 s, 50 MiB      0.53 s, 53 MiB used / 80 MiB file
+    400 files, 100 MiB (bench)    0.11-0.29 s, 100 MiB 0.39-0.41 s, 100 MiB used / 136 MiB file
+    Debian minbase, 8,700 entries 0.64 s              1.19 s
 
-erofs builds up to 3x faster on many-file trees, needs no size guess (ext4 must be sized
-up front: slack and inode tables), is smaller, and is read-only by design, which is
-exactly the role of the base layer under the guest's overlay; the guest kernel
-(kernel/microvm.config) has CONFIG_EROFS_FS=y. Unpacking dominates either way (~0.7 s
-per 100 MiB of layers). Guest read speed is not measured yet (no booting guest here);
-both are block-aligned and uncompressed. ext4 stays available (MM_ROOTFS_FORMAT=ext4).
+erofs builds 2-3x faster, needs no size guess (ext4 must be sized up front: slack and
+inode tables), is smaller, and is read-only by design, which is exactly the role of the
+base layer under the guest's overlay; the guest kernel (kernel/microvm.config) has
+CONFIG_EROFS_FS=y. Unpacking dominates either way (0.7-1.6 s per 100 MiB of large
+files, ~5 s for Debian's 8,700 small files). Guest read speed is not measured yet (no
+booting guest here); both images are block-aligned and uncompressed. ext4 stays
+available (MM_ROOTFS_FORMAT=ext4) for kernels without erofs.
 Either file is built in tmp/, fsynced and renamed into `rootfs/`, under a per-digest
 lock, so concurrent builders wait for one build.
 
