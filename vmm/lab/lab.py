@@ -65,6 +65,15 @@ def lab_shares() -> tuple[Share, ...]:
     return tuple(shares)
 
 
+def warm_dirs() -> tuple[Path, ...]:
+    """Trees the lab copies into RAM after boot: the interpreter's standard library."""
+    import sysconfig
+
+    if os.environ.get("MM_LAB_WARM", "1") == "0":
+        return ()
+    return (Path(sysconfig.get_paths()["stdlib"]),)
+
+
 class Lab:
     """One lab per state directory; every method may be called from any process."""
 
@@ -111,6 +120,10 @@ class Lab:
     def is_running(self) -> bool:
         return self._pid() is not None
 
+    def is_ready(self) -> bool:
+        """Running and its agent has answered since this boot (no round trip to check)."""
+        return bool((self._info() or {}).get("ready")) and self.is_running()
+
     def status(self) -> dict:
         from vmm.lab.assets import find_prepared
 
@@ -141,8 +154,11 @@ class Lab:
         with self._locked():
             if self.is_running():
                 self._wait_ready(time.monotonic() + min(timeout, 60.0))
-                return
-            self._boot(timeout)
+            else:
+                self._boot(timeout)
+            info = self._info() or {}
+            info["ready"] = True
+            (self.dir / "lab.json").write_text(json.dumps(info, indent=2))
 
     def _boot(self, timeout: float) -> None:
         assets = require_prepared()
@@ -150,6 +166,8 @@ class Lab:
         paths.ensure(results_dir())
         for stale in ("qemu.pid", "lab.json", "qmp.sock"):
             (self.dir / stale).unlink(missing_ok=True)
+        if self.serial_log.exists():
+            self.serial_log.replace(self.dir / "serial.log.1")  # the previous boot's, for post-mortems
         token_file = guest_state / TOKEN_NAME
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -159,7 +177,7 @@ class Lab:
         cfg = BootConfig(
             shares=shares, python=GUEST_PYTHON, agent=Path(wire.__file__).resolve(),
             token_file=paths.state_dir() / TOKEN_NAME,  # the guest-state share, seen from inside
-            kernel_version=assets.kernel_version, modules_dir=assets.modules_dir,
+            kernel_version=assets.kernel_version, modules_dir=assets.modules_dir, warm=warm_dirs(),
         )
         with open(initrd, "wb") as out:
             out.write(assets.initramfs.read_bytes())
@@ -274,7 +292,8 @@ class Lab:
             raise LabError(f"bad command {argv!r}", "give a non-empty list of strings")
         if timeout is not None and timeout <= 0:
             raise LabError(f"bad timeout {timeout}", "give a positive number of seconds")
-        self.ensure_up()
+        if not self.is_ready():
+            self.ensure_up()
         req = {"op": "exec", "argv": list(argv), "env": forwarded_env(env), "cwd": str(cwd or "/"), "timeout": timeout}
         # The agent enforces the timeout; the socket's own is a safety net if the lab hangs.
         out, err, result = self._request(req, timeout=None if timeout is None else timeout + 30, on_output=on_output)
