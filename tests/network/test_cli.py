@@ -35,7 +35,7 @@ def test_errors_are_clear(host):
                        (("inspect", "nope"), "no network named 'nope'"),
                        (("rm", "mm"), "cannot be removed")]:
         proc = mm(*args)
-        assert proc.returncode != 0 and f"error: " in proc.stderr and text in proc.stderr, proc.stderr
+        assert proc.returncode != 0 and "error: " in proc.stderr and text in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
 
 
