@@ -124,3 +124,24 @@ def test_cli_ls_inspect_rm_prune(store, tmp_path, capsys):
     assert main(["image", "inspect", "cli:1"]) == 1
     assert "hint:" in capsys.readouterr().err
     assert main(["image", "prune", "--json"]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="device nodes need root")
+def test_rootfs_keeps_links_nodes_xattrs(store, tmp_path):
+    import subprocess
+
+    layer = tar_bytes([("dir", "d"), ("file", "d/a", "x", 0o644, {"user.k": "v"}), ("hardlink", "d/b", "d/a"),
+                       ("chr", "d/null", 1, 3), ("symlink", "d/s", "a")])
+    write_layout(tmp_path / "lay", [layer])
+    import_path(tmp_path / "lay", "meta:1")
+    img = lookup("meta:1")
+    ext4 = build(store, img.digest, img.layer_pairs(), "ext4")
+
+    def debugfs(cmd):
+        return subprocess.run(["debugfs", "-R", cmd, str(ext4)], capture_output=True, text=True).stdout
+
+    assert "Links: 2" in debugfs("stat /d/a") and 'user.k (1) = "v"' in debugfs("ea_list /d/a")
+    assert "01:03" in debugfs("stat /d/null") and "Fast link dest: \"a\"" in debugfs("stat /d/s")
+    erofs = build(store, img.digest, img.layer_pairs(), "erofs")
+    dump = subprocess.run(["dump.erofs", "--path=/d/b", str(erofs)], capture_output=True, text=True).stdout
+    assert "Links: 2" in dump
