@@ -36,7 +36,7 @@ COMMANDS: dict[str, str] = {
 # command -> "module:function" run without building the typer app: it takes the arguments
 # after the command and returns an exit code, or None to fall back to typer (help, unusual
 # flags). Importing typer alone costs ~80 ms; this keeps `mm ps` within its 60 ms budget.
-FAST_PATHS: dict[str, str] = {"ps": "vmm.cli.ps:fast_ps"}
+FAST_PATHS: dict[str, str] = {"ps": "vmm.cli.ps:fast_ps", "boot": "vmm.cli.boot:fast"}
 
 GLOBAL_HELP = "micromachines: boot OCI images as KVM microVMs."
 
