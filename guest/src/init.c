@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -184,6 +185,9 @@ static void __attribute__((noreturn)) finish(int sfd, int result, int sig)
     char line[64];
     snprintf(line, sizeof line, "MM-EXIT code=%d signal=%d\n", result, sig);
     (void)write_all(1, line, strlen(line));
+    /* A serial console drains by interrupt: without this the line (and the
+     * workload's last output) can still be in the UART buffer at power-off. */
+    tcdrain(1);
     sync();
     unmount_all();
     sync();
