@@ -46,6 +46,16 @@ def test_attach_is_idempotent_and_completes_a_half_done_attach(host):
     net.detach(VM1)
 
 
+def test_reattach_with_other_ports_replaces_them(host):
+    net.attach(VM1, publish=["18080:80", "18081:81"])
+    a = net.attach(VM1, publish=["18081:81", "18082:82/udp"])
+    assert [p["host_port"] for p in a.ports] == [18081, 18082]
+    rules = subprocess.run(["nft", "list", "table", "ip", "mm"], capture_output=True, text=True).stdout
+    assert "18080" not in rules and "18081 : 10.88.0.2 . 81" in rules and "18082 : 10.88.0.2 . 82" in rules
+    assert [p["host_port"] for p in net.lookup(VM1).ports] == [18081, 18082]
+    net.detach(VM1)
+
+
 def test_detach_leaves_nothing(host):
     before = ns_state()
     a = net.attach(VM1, publish=["18080:80"])

@@ -151,18 +151,20 @@ def attach(vm_id: str, network: str = ipam.DEFAULT_NAME, publish: list[str] | tu
     with IPRoute() as ipr:
         ensure_default(conn, ipr)
         net = ipam.get_network(conn, network)
-        already = {str(m) for m in _stored_ports(conn, vm_id)}
+        before = _stored_ports(conn, vm_id)
         for m in mappings:
-            if str(m) not in already:
+            if m not in before:
                 portspec.check_free(m)
+        existed = ipam.get_lease(conn, vm_id) is not None
         lease = _reserve(conn, vm_id, network, mappings, owner_pid)
         try:
             _plumb(ipr, net, lease)
-            _host_add(conn, net, lease, mappings)
+            _host_add(conn, net, lease, mappings, [m for m in before if m not in mappings])
         except BaseException:
-            _teardown(ipr, vm_id)
-            with store.transaction(conn):
-                ipam.release(conn, vm_id)
+            if not existed:  # a failed re-attach leaves a working VM alone; a new one is undone
+                _teardown(ipr, vm_id)
+                with store.transaction(conn):
+                    ipam.release(conn, vm_id)
             sync_host(conn)
             raise
     return _attachment(net, lease, mappings)
@@ -189,12 +191,16 @@ def _plumb(ipr: IPRoute, net: ipam.Network, lease: ipam.Lease) -> None:
         nft.run(nft.vm_script(lease.ip, GUEST_IP, UPLINK_NAME))
 
 
-def _host_add(conn, net: ipam.Network, lease: ipam.Lease, mappings) -> None:
-    """Add the network's and the VM's elements to the host table (only additions: fast)."""
+def _host_add(conn, net: ipam.Network, lease: ipam.Lease, mappings, dropped) -> None:
+    """Add the network's and the VM's elements to the host table (only additions: fast).
+
+    `dropped`: ports a re-attach no longer publishes (deleted, the slow path).
+    """
     with store.transaction(conn):  # one host-table editor at a time, across processes
         if nft.exists():
             try:
-                nft.run(nft.lines(nft.network_elements(net) + nft.port_elements("add", lease.ip, mappings)))
+                nft.run(nft.lines(nft.port_elements("delete", lease.ip, dropped) + nft.network_elements(net)
+                                  + nft.port_elements("add", lease.ip, mappings)))
                 return
             except NftError:
                 pass  # e.g. a stale element from a crash: render everything from the store below
