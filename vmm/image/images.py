@@ -107,7 +107,7 @@ def lookup(ref: str | Reference, store: Store | None = None) -> Image | None:
     record = store.get_ref(record_name(parsed))
     if record is None and parsed.digest:
         for rec in store.refs():
-            if parsed.digest in (rec["digest"], rec.get("index_digest")) and rec["name"].startswith(parsed.name):
+            if parsed.digest in (rec["digest"], rec.get("index_digest")) and parse(rec["name"]).name == parsed.name:
                 record = rec
                 break
     if record is None:
