@@ -48,7 +48,7 @@ int vsock_listen(unsigned port)
     return fd;
 }
 
-static int unix_listen(const char *path)
+int unix_listen(const char *path)
 {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof a.sun_path) {

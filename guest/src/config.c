@@ -119,7 +119,9 @@ int config_apply(struct boot_config *c, const char *key, const char *v, char *er
     } else if (!strcmp(key, "attach_port")) {
         if (parse_uint(v, 0xffffffffu, &n) < 0) goto bad;
         c->attach_port = n;
-    } else if (!strcmp(key, "stop_timeout")) {
+    } else if (!strcmp(key, "agent_path")) set_str(&c->agent_path, v);
+    else if (!strcmp(key, "attach_path")) set_str(&c->attach_path, v);
+    else if (!strcmp(key, "stop_timeout")) {
         if (parse_uint(v, 3600, &n) < 0) goto bad;
         c->stop_timeout = (int)n;
     } else if (!strcmp(key, "shutdown")) {

@@ -70,7 +70,7 @@ static pid_t start_agent(void)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    struct agent_opts o = {.vsock_port = cfg.agent_port, .base_env = &cfg.env,
+    struct agent_opts o = {.vsock_port = cfg.agent_port, .unix_path = cfg.agent_path, .base_env = &cfg.env,
                            .shutdown_pid = 1, .shutdown_sig = SIG_SHUTDOWN};
     int lfd = agent_listen(&o);
     if (lfd < 0) {
@@ -100,7 +100,7 @@ static pid_t start_workload(void)
         pid_t pid = fork();
         if (pid != 0)
             return pid;
-        int lfd = vsock_listen(cfg.attach_port), fd;
+        int lfd = cfg.attach_path ? unix_listen(cfg.attach_path) : vsock_listen(cfg.attach_port), fd;
         if (lfd < 0) {
             logmsg("attach: vsock port %u: %s", cfg.attach_port, strerror(errno));
             _exit(125);

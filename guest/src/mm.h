@@ -47,6 +47,7 @@ struct boot_config {
     int ssh;
     int stdio_vsock;           /* workload stdio on an attach stream, else console */
     unsigned agent_port, attach_port;
+    char *agent_path, *attach_path; /* Unix sockets instead of vsock (host tests) */
     int stop_timeout;          /* seconds between SIGTERM and SIGKILL on shutdown */
     int reboot;                /* leave with reboot(RB_AUTOBOOT) instead of power off */
 };
@@ -127,6 +128,7 @@ int agent_listen(const struct agent_opts *o);
 void agent_serve(int lfd, const struct agent_opts *o) __attribute__((noreturn));
 int agent_handshake(int fd);
 int vsock_listen(unsigned port);
+int unix_listen(const char *path);
 
 /* ---- net.c / rootfs.c / init.c -------------------------------------------- */
 int net_setup(const struct boot_config *c);

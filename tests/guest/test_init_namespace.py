@@ -205,3 +205,65 @@ def test_ssh_with_per_vm_keys_and_signal_forwarding(vm, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert "MM-EXIT code=143 signal=15" in out
+
+
+class Running:
+    """An init running in the background; sockets reached through /proc/PID/root."""
+
+    def __init__(self, vm, cfg: BootConfig, ir: Path) -> None:
+        (ir / "mm" / "config").write_bytes(cfg.render())
+        script = (f"ip link add eth0 type veth peer name eth1 || exit 99\n"
+                  f"mount --bind {vm.root} {ir}/hostimg || exit 98\n"
+                  f"exec chroot {ir} /init\n")
+        self.proc = subprocess.Popen(["unshare", "--mount", "--pid", "--net", "--uts", "--ipc", "--fork",
+                                      "--propagation", "private", "sh", "-c", script],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.init = _ns_init_pid(self.proc.pid)
+
+    def socket(self, path: str, timeout: float = 10) -> Path:
+        p = Path(f"/proc/{self.init}/root{path}")
+        deadline = time.monotonic() + timeout
+        while not p.exists():
+            assert time.monotonic() < deadline, f"{path} did not appear"
+            time.sleep(0.02)
+        return p
+
+    def finish(self, timeout: float = 30) -> str:
+        try:
+            return self.proc.communicate(timeout=timeout)[0]
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def test_attached_stdio_and_exit_status(vm, tmp_path):
+    from vmm.guest.agent_client import AgentClient
+
+    cfg = boot(["sh", "-c", "read x; echo got $x; echo oops >&2; exit 5"], stdio="vsock",
+               attach_path="/run/attach.sock")
+    run = Running(vm, cfg, tmp_path / "ir")
+    try:
+        ex = AgentClient(run.socket("/run/attach.sock")).attach()
+        ex.write(b"hello\n")
+        ex.close_stdin()
+        out = list(ex.output())
+    finally:
+        log = run.finish()
+    assert ("stdout", b"got hello\n") in out and ("stderr", b"oops\n") in out
+    assert (ex.exit_code, ex.signal) == (5, 0)
+    assert "MM-EXIT code=5 signal=0" in log
+
+
+def test_agent_in_the_guest_uses_config_env_and_shutdown_stops_the_workload(vm, tmp_path):
+    from vmm.guest.agent_client import AgentClient
+
+    cfg = boot(["sleep", "60"], env=["FROM_IMAGE=yes"], agent_path="/run/agent.sock", stop_timeout=5)
+    run = Running(vm, cfg, tmp_path / "ir")
+    try:
+        agent = AgentClient(run.socket("/run/agent.sock"))
+        r = agent.exec(["sh", "-c", "echo $FROM_IMAGE $HOSTNAME; id -un"], user="app")
+        assert r.stdout == b"yes mm\napp\n"
+        agent.shutdown()
+    finally:
+        log = run.finish()
+    assert "MM-EXIT code=143 signal=15" in log

@@ -193,6 +193,24 @@ class AgentClient:
             raise AgentError(f"exec {argv[0]}: {frame[1].decode(errors='replace')}")
         raise AgentProtocolError(f"expected STARTED, got {frame!r:.80}")
 
+    def attach(self) -> Exec:
+        """Attaches to the workload of a VM booted with stdio=vsock (connect this
+        client to the attach port): its stdio and exit status, as an Exec."""
+        sock = self._connect()
+        reader = FrameReader(sock)
+        try:
+            sock.sendall(encode(Frame.HELLO, HELLO))
+            hello, started = reader.read(), reader.read()
+        except OSError as e:
+            sock.close()
+            raise AgentError(f"attaching to the workload failed: {e}") from e
+        if hello == (Frame.HELLO, HELLO) and started and started[0] == Frame.STARTED and len(started[1]) == 4:
+            return Exec(sock, reader, struct.unpack("<I", started[1])[0])
+        sock.close()
+        if started and started[0] == Frame.ERROR:
+            raise AgentError(f"the workload did not start: {started[1].decode(errors='replace')}")
+        raise AgentProtocolError(f"attach: expected HELLO and STARTED, got {hello!r:.60} {started!r:.60}")
+
     def exec(self, argv: list[str], *, env: Mapping[str, str] | Iterable[str] | None = None,
              cwd: str | None = None, user: str | None = None, tty: bool = False,
              stdin: bytes | BinaryIO | None = None,

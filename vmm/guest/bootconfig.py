@@ -68,6 +68,8 @@ class BootConfig:
     stdio: Literal["console", "vsock"] = "console"
     agent_port: int = 1024
     attach_port: int = 1025
+    agent_path: str | None = None          # Unix socket instead of vsock (host tests)
+    attach_path: str | None = None
     stop_timeout: int = 10
     shutdown: Literal["poweroff", "reboot"] = "poweroff"
     debug: bool = False
@@ -107,7 +109,7 @@ class BootConfig:
 
     def _pairs(self) -> list[tuple[str, str]]:
         pairs: list[tuple[str, str]] = [("version", str(VERSION)), ("hostname", self.hostname)]
-        for key in ("root", "rootfstype", "overlay", "workdir", "user", "ip", "gw"):
+        for key in ("root", "rootfstype", "overlay", "workdir", "user", "ip", "gw", "agent_path", "attach_path"):
             value = getattr(self, key)
             if value:
                 pairs.append((key, str(value)))
