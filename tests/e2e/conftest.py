@@ -5,7 +5,8 @@
 * on a hardware-KVM host (Intel VT-x / AMD-V, `vmm.hostinfo.runs_standard_guests()`)
   the command runs directly on the host;
 * otherwise (this PVM machine kind) it runs inside the lab (`mm lab`), which is booted once
-  for the test session when it is not up already and stopped at the end if we booted it.
+  for the test session when it is not up already, and stopped at the end if this session
+  booted it and no other process is using it then.
 
     def test_something(guest_host):
         res = guest_host.run(["/work/main/.venv/bin/mm", "run", ...], timeout=120)
@@ -80,14 +81,12 @@ def guest_host(tmp_path_factory):
 
     if not is_prepared():
         pytest.skip(f"no hardware KVM here ({hostinfo.kvm_flavour()}) and the lab is not prepared: run `mm lab prepare`")
-    lab = Lab()
-    booted = not lab.is_running()
-    lab.ensure_up()
-    results_dir().mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="e2e-", dir=results_dir()))
-    try:
-        yield GuestHost("lab", workdir, lab)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        if booted:
-            lab.down()
+    # Other sessions may share the lab: it is stopped at the end only if this session booted
+    # it and nobody else is using it then.
+    with Lab().session() as lab:
+        results_dir().mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="e2e-", dir=results_dir()))
+        try:
+            yield GuestHost("lab", workdir, lab)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,8 +1,9 @@
 """The lab's initramfs: busybox-static, the modules needed to reach the host, and our /init.
 
 Two archives concatenated into one initrd (the kernel unpacks both, in order):
-  base    cached by `mm lab prepare`: busybox, the .ko files, /init, a modprobe helper;
-  config  written at every boot: which 9p shares to mount where, the agent's port and paths.
+  base    cached by `mm lab prepare`: busybox and the .ko files;
+  config  written at every boot: /init, a modprobe helper, which 9p shares to mount where,
+          the agent's port and paths.
 The /init script mounts the host's `/` (9p, read-only) at /host plus the writable shares at
 their host paths, sets up /dev, /proc, /sys, /tmp, /run inside it, makes Debian's module
 tree reachable by modprobe, and finally becomes the exec agent chrooted into /host.
@@ -171,7 +172,7 @@ def _module_name(path: str) -> str:
 
 
 def build_base(out: Path, busybox: Path, module_root: Path, modules: list[str]) -> None:
-    """Write the cached archive: busybox, the modules in load order, /init, helpers."""
+    """Write the cached archive: busybox and the modules in load order."""
     buf = io.BytesIO()
     w = CpioWriter(buf)
     for d in ("dev", "proc", "sys", "host", "etc", "tmp", "lib/mm-modules"):
@@ -180,8 +181,6 @@ def build_base(out: Path, busybox: Path, module_root: Path, modules: list[str]) 
     w.chardev("dev/null", 1, 3, 0o666)
     w.add_path("bin/busybox", busybox, 0o755)
     w.symlink("bin/sh", "busybox")
-    w.file("init", INIT_SCRIPT.encode(), 0o755)
-    w.file("sbin/mm-modprobe", MODPROBE_HELPER.encode(), 0o755)
     names = []
     for rel in modules:
         name = rel.rsplit("/", 1)[-1]
@@ -217,5 +216,8 @@ def config_archive(cfg: BootConfig) -> bytes:
     w.file("etc/mm-lab.env", env_text.encode())
     w.file("etc/mm-lab.shares", shares_text.encode())
     w.file("etc/mm-lab.warm", "".join(f"{p}\n" for p in cfg.warm).encode())
+    # The scripts travel with each boot so a code change needs no `mm lab prepare --force`.
+    w.file("init", INIT_SCRIPT.encode(), 0o755)
+    w.file("sbin/mm-modprobe", MODPROBE_HELPER.encode(), 0o755)
     w.close()
     return buf.getvalue()

@@ -148,6 +148,43 @@ class Lab:
                 out["reachable"] = False
         return out
 
+    # --- sharing: several processes (test sessions, CLI execs) use one lab
+    @contextmanager
+    def lease(self):
+        """Mark this process as using the lab until the block ends (see `session`)."""
+        leases = paths.ensure(self.dir / "leases")
+        mine = leases / f"{os.getpid()}-{secrets.token_hex(4)}"
+        mine.write_text(str(os.getpid()))
+        try:
+            yield
+        finally:
+            mine.unlink(missing_ok=True)
+
+    def _other_users(self) -> int:
+        count = 0
+        for f in (self.dir / "leases").glob("*"):
+            try:
+                pid = int(f.read_text())
+                os.kill(pid, 0)
+            except (OSError, ValueError):
+                f.unlink(missing_ok=True)  # its process is gone
+                continue
+            count += 1
+        return count
+
+    @contextmanager
+    def session(self):
+        """Use the lab for a while (a test session): boot it if needed, and on exit stop it
+        only if this session booted it and no other process is using it."""
+        booted = not self.is_running()
+        self.ensure_up()
+        try:
+            with self.lease():
+                yield self
+        finally:
+            if booted and self._other_users() == 0:
+                self.down()
+
     # --- lifecycle
     def ensure_up(self, timeout: float = BOOT_TIMEOUT) -> None:
         """Boot the lab unless it is running already; returns when commands can run."""
@@ -296,7 +333,8 @@ class Lab:
             self.ensure_up()
         req = {"op": "exec", "argv": list(argv), "env": forwarded_env(env), "cwd": str(cwd or "/"), "timeout": timeout}
         # The agent enforces the timeout; the socket's own is a safety net if the lab hangs.
-        out, err, result = self._request(req, timeout=None if timeout is None else timeout + 30, on_output=on_output)
+        with self.lease():
+            out, err, result = self._request(req, timeout=None if timeout is None else timeout + 30, on_output=on_output)
         if result.get("timed_out"):
             exc = LabTimeout(f"`{' '.join(argv)}` ran longer than {timeout:g} s in the lab and was killed")
             exc.stdout, exc.stderr = out, err

@@ -70,7 +70,7 @@ def test_an_unknown_module_is_a_typed_error():
     assert "mm lab prepare --force" in info.value.hint
 
 
-def test_base_archive_has_init_busybox_and_modules_in_order(tmp_path):
+def test_base_archive_has_busybox_and_modules_in_order(tmp_path):
     busybox = tmp_path / "busybox"
     busybox.write_bytes(b"\x7fELF busybox")
     root = tmp_path / "modules"
@@ -81,8 +81,6 @@ def test_base_archive_has_init_busybox_and_modules_in_order(tmp_path):
     out = tmp_path / "base.cpio"
     build_base(out, busybox, root, order)
     entries = _entries(out.read_bytes())
-    assert entries["init"][1].decode() == INIT_SCRIPT
-    assert entries["init"][0] & 0o111
     assert entries["bin/busybox"][1] == b"\x7fELF busybox"
     assert stat.S_ISCHR(entries["dev/console"][0])
     listed = entries["etc/mm-lab.modules"][1].decode().split()
@@ -106,7 +104,10 @@ def _config(**over) -> BootConfig:
 
 
 def test_config_archive_mounts_root_first_and_nested_shares_last():
-    entries = _entries(config_archive(_config()))
+    entries = _entries(config_archive(_config(warm=(Path("/usr/lib/python3.11"),))))
+    assert entries["init"][1].decode() == INIT_SCRIPT
+    assert entries["init"][0] & 0o111
+    assert entries["etc/mm-lab.warm"][1] == b"/usr/lib/python3.11\n"
     lines = entries["etc/mm-lab.shares"][1].decode().splitlines()
     assert [line.split()[0] for line in lines] == ["host", "repo", "state", "cache", "venv"]
     assert lines[0] == "host ro loose /"
