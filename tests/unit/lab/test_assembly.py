@@ -174,3 +174,23 @@ def test_not_prepared_in_an_empty_cache(tmp_path, monkeypatch):
     with pytest.raises(LabNotPrepared) as info:
         require_prepared()
     assert "mm lab prepare" in info.value.hint
+
+
+def test_leases_count_only_live_processes(tmp_path, monkeypatch):
+    import subprocess
+
+    from vmm.lab import Lab
+
+    monkeypatch.setenv("MM_STATE", str(tmp_path))
+    lab = Lab()
+    assert lab._other_users() == 0
+    proc = subprocess.Popen(["true"])  # a pid that is gone by now
+    proc.wait()
+    leases = tmp_path / "lab" / "leases"
+    leases.mkdir(parents=True)
+    (leases / "gone").write_text(str(proc.pid))
+    assert lab._other_users() == 0
+    assert not (leases / "gone").exists()  # cleaned up
+    with lab.lease():
+        assert lab._other_users() == 1
+    assert lab._other_users() == 0
