@@ -155,6 +155,10 @@ class Agent:
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             self._result(conn, {"error": "argv must be a non-empty list of strings"})
             return
+        if not os.path.isdir(cwd):
+            self._result(conn, {"error": f"the working directory {cwd} does not exist in the lab "
+                                         "(the lab's /tmp is its own; shares keep their host paths)"})
+            return
         full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
         full_env.update({str(k): str(v) for k, v in env.items()})
         try:

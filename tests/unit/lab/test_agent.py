@@ -93,6 +93,7 @@ def test_unrunnable_commands_follow_shell_conventions(argv, rc):
     ({"token": TOKEN, "op": "format-disk"}, "unknown op"),
     ({"token": TOKEN, "op": "exec", "argv": "ls -l"}, "argv must be"),
     ({"token": TOKEN, "op": "exec", "argv": []}, "argv must be"),
+    ({"token": TOKEN, "op": "exec", "argv": ["true"], "cwd": "/no/such/dir"}, "does not exist in the lab"),
 ])
 def test_bad_requests_get_an_error(req, error):
     _, _, res = _call(req)
