@@ -17,7 +17,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vmm import store
 from vmm.network import attachment, ipam, links, netns
 
-_BRIDGE_RE = re.compile(r"^mm\d+$")
 _VETH_RE = re.compile(r"^mmv[A-Za-z0-9_.-]{1,12}$")
 
 
@@ -41,10 +40,13 @@ def remove(name: str, conn=None) -> ipam.Network:
     conn = conn or ipam.open_db()
     if name == ipam.DEFAULT_NAME:
         raise ipam.NetworkInUse("the default network mm cannot be removed", hint="its bridge goes with `mm network prune`")
-    network = ipam.delete_network(conn, name)
+    network = ipam.get_network(conn, name)
+    if ipam.list_leases(conn, name):
+        ipam.delete_network(conn, name)  # raises NetworkInUse with the machines' ids
+    # The link first: a crash in between leaves a record `rm` can finish, never an orphan bridge.
     with IPRoute() as ipr:
         links.delete(ipr, network.bridge)
-    return network
+    return ipam.delete_network(conn, name)
 
 
 def list_all(conn=None) -> list[dict]:
@@ -95,17 +97,26 @@ def prune(is_live: Callable[[ipam.Lease], bool] | None = None, conn=None) -> Pru
             report.leases.append(lease.vm_id)
     with store.transaction(conn):
         leased = {attachment.short(lease.vm_id) for lease in ipam.list_leases(conn)}
-        bridges_in_use = {n.bridge for n in ipam.list_networks(conn)
-                          if conn.execute("SELECT 1 FROM leases WHERE network = ?", (n.name,)).fetchone()}
+        used = {lease.network for lease in ipam.list_leases(conn)}
+        idle_bridges = {n.bridge for n in ipam.list_networks(conn) if n.name not in used}
     prefix = attachment.netns_prefix()
     for name in netns.names(prefix):
-        if name[len(prefix):] not in leased and netns.remove(name):
+        if name[len(prefix):] not in leased and _looks_like_ours(name) and netns.remove(name):
             report.namespaces.append(name)
     with IPRoute() as ipr:
         for name in links.names(ipr, "mm"):
             orphan_veth = _VETH_RE.match(name) and name[3:] not in leased and _kind(ipr, name) == "veth"
-            idle_bridge = _BRIDGE_RE.match(name) and name not in bridges_in_use and _kind(ipr, name) == "bridge"
+            # Only bridges of our own networks: another tool's "mm7" is not ours to delete.
+            idle_bridge = name in idle_bridges and _kind(ipr, name) == "bridge"
             if (orphan_veth or idle_bridge) and links.delete(ipr, name):
                 report.links.append(name)
     attachment.sync_host(conn)
     return report
+
+
+def _looks_like_ours(name: str) -> bool:
+    """A namespace holding only what `attach` puts there (it may have died half-built)."""
+    with netns.entered(name):
+        with IPRoute() as ipr:
+            present = set(links.names(ipr))
+    return present <= {"lo", attachment.UPLINK_NAME, attachment.TAP_NAME}
