@@ -16,8 +16,6 @@ orphans, without taking the exit status of the commands it waits for itself.
 """
 from __future__ import annotations
 
-import argparse
-import hmac
 import json
 import os
 import selectors
@@ -102,7 +100,7 @@ class Agent:
     def serve(self, port: int) -> None:
         threading.Thread(target=self.reaper.run, daemon=True).start()
         srv = socket.create_server(("0.0.0.0", port), backlog=64, reuse_port=False)
-        print(f"mm-lab: agent listening on port {port}", flush=True)
+        print(f"[{_uptime():.2f}] mm-lab: agent listening on port {port}", flush=True)
         while True:
             conn, _ = srv.accept()
             threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
@@ -114,7 +112,7 @@ class Agent:
             except (OSError, ValueError) as exc:
                 self._result(conn, {"error": f"bad request: {exc}"})
                 return
-            if not hmac.compare_digest(str(req.get("token", "")), self.token):
+            if not _same(str(req.get("token", "")), self.token):
                 self._result(conn, {"error": "bad token"})
                 return
             op = req.get("op")
@@ -217,6 +215,12 @@ class Agent:
         return timed_out
 
 
+def _same(a: str, b: str) -> bool:
+    """Constant-time comparison without hmac (whose hashlib import costs a boot second here)."""
+    x, y = a.encode(), b.encode()
+    return len(x) == len(y) and sum(i ^ j for i, j in zip(x, y)) == 0
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -238,14 +242,16 @@ def _poweroff() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--token-file", required=True)
-    args = ap.parse_args(argv)
-    with open(args.token_file) as f:
+    # No argparse: every module imported here is read over 9p while the lab boots.
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4 or args[0] != "--port" or args[2] != "--token-file" or not args[1].isdigit():
+        print("usage: agent.py --port PORT --token-file FILE", file=sys.stderr)
+        return 2
+    port, token_file = int(args[1]), args[3]
+    with open(token_file) as f:
         token = f.read().strip()
     try:
-        Agent(token).serve(args.port)
+        Agent(token).serve(port)
     except BaseException as exc:  # PID 1 must not die silently: say why, then power off
         print(f"mm-lab: agent failed: {exc!r}", file=sys.stderr, flush=True)
         _poweroff()

@@ -35,9 +35,10 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-fail() { echo "mm-lab: error: $*"; echo o > /proc/sysrq-trigger; sleep 5; exit 1; }
+log() { read -r up _ < /proc/uptime; echo "[$up] mm-lab: $*"; }
+fail() { log "error: $*"; echo o > /proc/sysrq-trigger; sleep 5; exit 1; }
 . /etc/mm-lab.env
-echo "mm-lab: loading modules"
+log "loading modules"
 for m in $(cat /etc/mm-lab.modules); do insmod "/lib/mm-modules/$m" || fail "insmod $m"; done
 R=/host
 while read -r tag mode cache path; do
@@ -48,6 +49,7 @@ while read -r tag mode cache path; do
   mkdir -p "$target" 2>/dev/null
   mount -t 9p -o "$opts" "$tag" "$target" || fail "mount 9p $tag at $target"
 done < /etc/mm-lab.shares
+log "shares mounted"
 mount -t devtmpfs devtmpfs $R/dev || fail "mount /dev"
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666,gid=5,mode=620 devpts $R/dev/pts
@@ -79,11 +81,11 @@ if [ -s /etc/mm-lab.warm ]; then
       [ -d "$R$dir" ] || continue
       copy="/warm$dir"
       mkdir -p "$copy" && cp -a "$R$dir/." "$copy/" && mount --bind "$copy" "$R$dir" \
-        && echo "mm-lab: $dir in RAM"
+        && log "$dir in RAM"
     done < /etc/mm-lab.warm
   ) &
 fi
-echo "mm-lab: starting agent"
+log "starting agent"
 exec chroot $R "$MM_PYTHON" -I -S "$MM_AGENT" --port "$MM_PORT" --token-file "$MM_TOKEN_FILE"
 """
 
