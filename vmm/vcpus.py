@@ -126,6 +126,30 @@ class VcpuThread:
                 pass  # the thread ended between the check and the kill
 
 
+def exit_details(vcpu, reason) -> str:
+    """A one-line description of a RunExit from the vCPU's kvm_run, for error messages."""
+    from vmm._fast.runloop import RunExit
+    from vmm.kvm.abi import EXIT_REASON_NAMES
+
+    run = vcpu.run
+    name = getattr(reason, "name", str(reason))
+    if run is None:
+        return name
+    if reason == RunExit.INTERNAL_ERROR:
+        n = min(run.internal.ndata, 16)
+        data = " ".join(f"{run.internal.data[i]:#x}" for i in range(n))
+        kind = {1: "emulation failure", 2: "exception during exception delivery",
+                3: "event delivery failure", 4: "unexpected exit"}.get(run.internal.suberror, "?")
+        return f"{name}: suberror {run.internal.suberror} ({kind}) data [{data}]"
+    if reason == RunExit.FAIL_ENTRY:
+        fe = run.fail_entry
+        return f"{name}: hardware entry failure reason {fe.hardware_entry_failure_reason:#x} on cpu {fe.cpu}"
+    if reason in (RunExit.UNHANDLED, RunExit.SYSTEM_EVENT):
+        return (f"{name}: exit reason {EXIT_REASON_NAMES.get(run.exit_reason, run.exit_reason)}"
+                f", system event type {run.system_event.type}")
+    return name
+
+
 def _default_on_exit(thread: VcpuThread, reason) -> bool:
     return False
 
@@ -184,6 +208,11 @@ class Vcpus:
 
     def resume(self) -> None:
         self._request(State.RUNNING)
+
+    def request_pause(self) -> None:
+        """Ask every vCPU thread to park, without waiting (usable from a device handler);
+        `pause()` waits for it."""
+        self._request(State.PAUSED)
 
     def request_stop(self) -> None:
         """Ask every vCPU thread to end, without waiting (for device handlers, e.g. a

@@ -102,3 +102,46 @@ def test_pause_before_start_and_stop_while_paused(kvm):
         t.vcpus.pause(timeout=2)
         t.vcpus.stop(timeout=2)
         assert t.vcpus.wait(timeout=1)[0].reason is None
+
+
+def test_pause_inside_an_in_completes_the_read(kvm):
+    # The device asks for a pause while the guest's IN is still pending; after the
+    # pause the value must already be in RAX and RIP past the IN (snapshot consistency).
+    src = "mov dx, 0x600; in eax, dx; mov rbx, 1; mov qword ptr [0x5000], rbx; 1: jmp 1b"
+    with TestVm(kvm, src) as t:
+        asked = threading.Event()
+
+        class Port:
+            def read(self, offset, size):
+                t.vcpus.request_pause()
+                asked.set()
+                return 0xFEEDF00D
+
+            def write(self, offset, size, value):
+                pass
+
+        t.pio.register(0x600, 4, Port())
+        t.vcpus.start()
+        assert asked.wait(5)
+        t.vcpus.pause(timeout=2)
+        r = t.vm.vcpus[0].get_regs()
+        assert r.rax & 0xFFFFFFFF == 0xFEEDF00D
+        assert r.rbx == 0   # completed the IN, but did not run on
+        t.vcpus.resume()
+        # Watch memory, not registers: KVM_GET_REGS waits for a running vCPU to exit.
+        deadline = time.monotonic() + 2
+        while t.mem.read_u64(0x5000) != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert t.mem.read_u64(0x5000) == 1
+
+
+def test_exit_details_for_an_internal_error(kvm):
+    from vmm.vcpus import exit_details
+
+    # On PVM, int3 without an IDT ends in an emulation failure; on hardware KVM the
+    # exception cascade is a triple fault (SHUTDOWN). Either way the exit is reported.
+    with TestVm(kvm, "int3") as t:
+        exit_ = t.run()[0]
+        assert exit_.reason in (RunExit.INTERNAL_ERROR, RunExit.SHUTDOWN)
+        text = exit_details(t.vm.vcpus[0], exit_.reason)
+        assert text.startswith(exit_.reason.name)

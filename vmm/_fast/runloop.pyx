@@ -328,8 +328,9 @@ cdef class RunLoop:
         cdef int ret
         cdef uint32_t reason, t
         while True:
-            if self.pause_requested:
-                return R_PAUSED
+            # No early return on pause_requested: with immediate_exit set, KVM_RUN first
+            # completes a pending IN/MMIO read into the registers and then returns EINTR,
+            # so a paused vCPU's state is consistent for a snapshot.
             ret = ioctl(self.fd, KVM_RUN, 0)
             if ret < 0:
                 if errno == EINTR or errno == EAGAIN:

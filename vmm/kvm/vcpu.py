@@ -33,6 +33,8 @@ class Vcpu:
     """A vCPU fd owned by this object; made by `Vm.create_vcpu(index)`.
 
     `run` is the kvm_run ctypes view; `run_address` its host address for C code.
+    The state ioctls wait for the vCPU's mutex: called while its thread is inside
+    KVM_RUN they block until the guest exits, so pause the vCPUs first (Vcpus.pause).
     """
 
     def __init__(self, vm, index: int, fd: int) -> None:
