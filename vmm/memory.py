@@ -21,7 +21,6 @@ import ctypes as C
 import mmap
 import os
 from collections import namedtuple
-from pathlib import Path
 
 from devices.interfaces import GuestMemoryError
 from vmm.errors import ConfigError, HostError
@@ -40,7 +39,7 @@ HIGH_MEMORY_START = 0x100000
 E820_RAM = 1
 E820_RESERVED = 2
 
-THP_SHMEM = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+THP_SHMEM = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"  # a str: pathlib costs start-up
 
 __all__ = ["GuestMemory", "GuestMemoryError", "Region", "MMIO_HOLE_START", "MMIO_HOLE_END",
            "E820_RAM", "E820_RESERVED"]
@@ -68,7 +67,8 @@ def layout(size: int) -> list[tuple[int, int, int]]:
 
 def _thp_shmem_mode() -> str:
     try:
-        text = THP_SHMEM.read_text()
+        with open(THP_SHMEM) as f:
+            text = f.read()
     except OSError:
         return "missing"
     return text[text.index("[") + 1:text.index("]")] if "[" in text else text.strip()
