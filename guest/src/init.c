@@ -179,12 +179,29 @@ static void kill_everything(int sfd)
     }
 }
 
+/* True in a VM; false when a test runs init in a child pid namespace, where the
+ * kernel log is the host's and must not be written. */
+static int in_initial_pid_ns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 && st.st_ino == 0xEFFFFFFCu; /* PROC_PID_INIT_INO */
+}
+
 static void __attribute__((noreturn)) finish(int sfd, int result, int sig)
 {
     kill_everything(sfd);
     char line[64];
     snprintf(line, sizeof line, "MM-EXIT code=%d signal=%d\n", result, sig);
     (void)write_all(1, line, strlen(line));
+    /* Also through the kernel log: printk reaches the console synchronously,
+     * whatever state the console's tty (or its interrupt) is in. */
+    int kmsg = in_initial_pid_ns() ? open("/dev/kmsg", O_WRONLY | O_CLOEXEC) : -1;
+    if (kmsg >= 0) {
+        char kline[80];
+        snprintf(kline, sizeof kline, "<5>mm-init: %s", line);
+        (void)write_all(kmsg, kline, strlen(kline));
+        close(kmsg);
+    }
     /* A serial console drains by interrupt: without this the line (and the
      * workload's last output) can still be in the UART buffer at power-off. */
     tcdrain(1);
