@@ -77,3 +77,8 @@ def test_cmdline_tokens():
 def test_bad_stdio():
     with pytest.raises(BootConfigError):
         BootConfig(argv=["x"], stdio="tty")  # type: ignore[arg-type]
+
+
+def test_unix_socket_paths_for_host_tests():
+    pairs = parse(BootConfig(argv=["x"], agent_path="/run/a.sock", attach_path="/run/b.sock").render())
+    assert ("agent_path", "/run/a.sock") in pairs and ("attach_path", "/run/b.sock") in pairs
