@@ -30,6 +30,8 @@ class Vm:
         return self.fd
 
     def close(self) -> None:
+        """Close every vCPU (unmapping its kvm_run) and the VM: stop the vCPU threads
+        first (Vcpus.stop), since a running loop reads kvm_run."""
         for v in self.vcpus:
             v.close()
         self.vcpus.clear()
