@@ -41,15 +41,17 @@ fail() { log "error: $*"; echo o > /proc/sysrq-trigger; sleep 5; exit 1; }
 log "loading modules"
 for m in $(cat /etc/mm-lab.modules); do insmod "/lib/mm-modules/$m" || fail "insmod $m"; done
 R=/host
-while read -r tag mode cache path; do
-  opts="trans=virtio,version=9p2000.L,msize=512000,cache=$cache"
-  [ "$mode" = ro ] && opts="$opts,ro"
-  target="$R$path"
-  [ "$tag" = host ] && target=$R
-  mkdir -p "$target" 2>/dev/null
-  mount -t 9p -o "$opts" "$tag" "$target" || fail "mount 9p $tag at $target"
-done < /etc/mm-lab.shares
-log "shares mounted"
+share() {  # tag ro|rw cache-mode target
+  opts="trans=virtio,version=9p2000.L,msize=512000,cache=$3"
+  [ "$2" = ro ] && opts="$opts,ro"
+  mkdir -p "$4" 2>/dev/null
+  mount -t 9p -o "$opts" "$1" "$4" || fail "mount 9p $1 at $4"
+}
+# The host's / first, then the lab's own /dev, /proc, /sys, /tmp, /run, then the other
+# shares (after /tmp and /run, so a share may live under them).
+read -r tag mode cache path < /etc/mm-lab.shares
+[ "$tag" = host ] || fail "the first share must be the host's /"
+share host "$mode" "$cache" $R
 mount -t devtmpfs devtmpfs $R/dev || fail "mount /dev"
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666,gid=5,mode=620 devpts $R/dev/pts
@@ -60,6 +62,10 @@ mount -t sysfs sysfs $R/sys
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
 mount -t tmpfs -o mode=1777 tmp $R/tmp
 mount -t tmpfs -o mode=755 run $R/run
+tail -n +2 /etc/mm-lab.shares | while read -r tag mode cache path; do
+  share "$tag" "$mode" "$cache" "$R$path"
+done
+log "shares mounted"
 # Debian's module tree for this kernel at the path modprobe expects; the kernel's own
 # module requests go through a helper that runs the host's modprobe inside the chroot.
 if [ -d $R/usr/lib/modules ]; then
@@ -73,18 +79,6 @@ ip link set eth0 up && ip addr add "$MM_ADDR" dev eth0 && ip route add default v
   || fail "network"
 hostname mm-lab
 echo lab > $R/run/mm-lab
-# Read-mostly trees every Python start walks (the stdlib): copied into RAM in the background
-# and bound over their 9p paths once complete, so the first commands need not wait.
-if [ -s /etc/mm-lab.warm ]; then
-  (
-    while read -r dir; do
-      [ -d "$R$dir" ] || continue
-      copy="/warm$dir"
-      mkdir -p "$copy" && cp -a "$R$dir/." "$copy/" && mount --bind "$copy" "$R$dir" \
-        && log "$dir in RAM"
-    done < /etc/mm-lab.warm
-  ) &
-fi
 log "starting agent"
 exec chroot $R "$MM_PYTHON" -I -S "$MM_AGENT" --port "$MM_PORT" --token-file "$MM_TOKEN_FILE"
 """
@@ -129,7 +123,6 @@ class BootConfig:
     kernel_version: str
     modules_dir: Path  # the unpacked lib/modules/<version> on the host
     port: int = AGENT_PORT
-    warm: tuple[Path, ...] = ()  # read-only trees copied into the lab's RAM after boot
 
 
 def resolve_modules(wanted: tuple[str, ...] | list[str], modules_dep: str) -> list[str]:
@@ -217,7 +210,6 @@ def config_archive(cfg: BootConfig) -> bytes:
     w = CpioWriter(buf)
     w.file("etc/mm-lab.env", env_text.encode())
     w.file("etc/mm-lab.shares", shares_text.encode())
-    w.file("etc/mm-lab.warm", "".join(f"{p}\n" for p in cfg.warm).encode())
     # The scripts travel with each boot so a code change needs no `mm lab prepare --force`.
     w.file("init", INIT_SCRIPT.encode(), 0o755)
     w.file("sbin/mm-modprobe", MODPROBE_HELPER.encode(), 0o755)

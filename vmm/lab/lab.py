@@ -65,15 +65,6 @@ def lab_shares() -> tuple[Share, ...]:
     return tuple(shares)
 
 
-def warm_dirs() -> tuple[Path, ...]:
-    """Trees the lab copies into RAM after boot: the interpreter's standard library."""
-    import sysconfig
-
-    if os.environ.get("MM_LAB_WARM", "1") == "0":
-        return ()
-    return (Path(sysconfig.get_paths()["stdlib"]),)
-
-
 class Lab:
     """One lab per state directory; every method may be called from any process."""
 
@@ -214,7 +205,7 @@ class Lab:
         cfg = BootConfig(
             shares=shares, python=GUEST_PYTHON, agent=Path(wire.__file__).resolve(),
             token_file=paths.state_dir() / TOKEN_NAME,  # the guest-state share, seen from inside
-            kernel_version=assets.kernel_version, modules_dir=assets.modules_dir, warm=warm_dirs(),
+            kernel_version=assets.kernel_version, modules_dir=assets.modules_dir,
         )
         with open(initrd, "wb") as out:
             out.write(assets.initramfs.read_bytes())

@@ -104,10 +104,9 @@ def _config(**over) -> BootConfig:
 
 
 def test_config_archive_mounts_root_first_and_nested_shares_last():
-    entries = _entries(config_archive(_config(warm=(Path("/usr/lib/python3.11"),))))
+    entries = _entries(config_archive(_config()))
     assert entries["init"][1].decode() == INIT_SCRIPT
     assert entries["init"][0] & 0o111
-    assert entries["etc/mm-lab.warm"][1] == b"/usr/lib/python3.11\n"
     lines = entries["etc/mm-lab.shares"][1].decode().splitlines()
     assert [line.split()[0] for line in lines] == ["host", "repo", "state", "cache", "venv"]
     assert lines[0] == "host ro loose /"
