@@ -21,6 +21,13 @@ import pytest
 from vmm.guest.agent_client import AgentClient
 
 
+def _listening(path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        return s.connect_ex(str(path)) == 0
+
+
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
     if not shutil.which("musl-gcc"):
@@ -29,7 +36,7 @@ def agent(tmp_path_factory):
 
     sock = tmp_path_factory.mktemp("agent") / "agent.sock"
     proc = subprocess.Popen([str(mm_init_binary()), "agent", "--unix", str(sock)])
-    while not sock.exists():
+    while not _listening(sock):
         time.sleep(0.01)
     yield AgentClient(sock)
     proc.terminate()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,12 +26,21 @@ def mm_init() -> Path:
     return mm_init_binary()
 
 
+def listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 class Agent:
     def __init__(self, binary: Path, path: Path) -> None:
         self.path = path
         self.proc = subprocess.Popen([str(binary), "agent", "--unix", str(path)])
         deadline = time.monotonic() + 5
-        while not path.exists():
+        while not listening(path):  # bind() creates the file before listen()
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("mm-init agent did not start listening")
             time.sleep(0.01)

@@ -223,8 +223,10 @@ class Running:
     def socket(self, path: str, timeout: float = 10) -> Path:
         p = Path(f"/proc/{self.init}/root{path}")
         deadline = time.monotonic() + timeout
-        while not p.exists():
-            assert time.monotonic() < deadline, f"{path} did not appear"
+        from tests.guest.conftest import listening
+
+        while not listening(p):
+            assert time.monotonic() < deadline, f"{path} did not start listening"
             time.sleep(0.02)
         return p
 

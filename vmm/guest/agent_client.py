@@ -156,11 +156,12 @@ class AgentClient:
 
             self._connect = unix
 
-    def _open(self, ftype: int, payload: bytes) -> tuple[socket.socket, FrameReader]:
+    def _open(self, ftype: int, payload: bytes, extra: bytes = b"") -> tuple[socket.socket, FrameReader]:
         sock = self._connect()
         reader = FrameReader(sock)
         try:
-            sock.sendall(encode(Frame.HELLO, HELLO) + encode(ftype, payload))
+            # Pipelined: the request (and any first frames) go with HELLO, one round trip.
+            sock.sendall(encode(Frame.HELLO, HELLO) + encode(ftype, payload) + extra)
             frame = reader.read()
         except OSError as e:
             sock.close()
@@ -174,7 +175,8 @@ class AgentClient:
 
     def start(self, argv: list[str], *, env: Mapping[str, str] | Iterable[str] | None = None,
               cwd: str | None = None, user: str | None = None, tty: bool = False,
-              rows: int = 24, cols: int = 80) -> Exec:
+              rows: int = 24, cols: int = 80, stdin_eof: bool = False) -> Exec:
+        """Starts argv; stdin_eof=True closes its stdin right away (no input)."""
         if not argv:
             raise AgentError("exec needs a command")
         recs = [("arg", a) for a in argv] + _env_records(env)
@@ -184,7 +186,7 @@ class AgentClient:
             recs.append(("user", user))
         if tty:
             recs += [("tty", "1"), ("rows", str(rows)), ("cols", str(cols))]
-        sock, reader = self._open(Frame.EXEC, records(recs))
+        sock, reader = self._open(Frame.EXEC, records(recs), encode(Frame.STDIN_EOF) if stdin_eof else b"")
         frame = reader.read()
         if frame and frame[0] == Frame.STARTED and len(frame[1]) == 4:
             return Exec(sock, reader, struct.unpack("<I", frame[1])[0])
@@ -220,11 +222,9 @@ class AgentClient:
         not kept in the result), else it is collected."""
         out: list[bytes] = []
         err: list[bytes] = []
-        with self.start(argv, env=env, cwd=cwd, user=user, tty=tty) as ex:
+        with self.start(argv, env=env, cwd=cwd, user=user, tty=tty, stdin_eof=stdin is None) as ex:
             feeder = None
-            if stdin is None:
-                ex.close_stdin()
-            else:
+            if stdin is not None:
                 feeder = threading.Thread(target=_feed, args=(ex, stdin), daemon=True)
                 feeder.start()
             for kind, data in ex.output():
