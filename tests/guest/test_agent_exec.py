@@ -184,3 +184,29 @@ def test_client_refuses_non_agent(tmp_path):
 def test_shutdown_stops_the_agent(agent_proc):
     agent_proc.client.shutdown()
     assert agent_proc.proc.wait(5) is not None
+
+
+def test_random_frames_never_crash_the_agent(agent_proc):
+    """Seeded garbage after a valid handshake and request: each connection's process
+    may refuse it, but the agent keeps serving."""
+    import random
+
+    rng = random.Random(5)
+    types = [int(t) for t in Frame] + [0, 0x7F, 0xFF]
+    for i in range(150):
+        body = b""
+        for _ in range(rng.randint(1, 6)):
+            payload = rng.randbytes(rng.choice([0, 1, 3, 4, 8, 100, 600]))
+            body += encode(rng.choice(types), payload)
+        req = rng.choice([records([("arg", "cat")]), records([("path", str(agent_proc.path.parent / "junk"))]), rng.randbytes(20)])
+        kind = rng.choice([Frame.EXEC, Frame.COPY_IN, Frame.COPY_OUT])
+        with _raw(agent_proc) as s:
+            try:
+                s.sendall(encode(Frame.HELLO, HELLO) + encode(kind, req) + body)
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+    assert agent_proc.proc.poll() is None
+    assert agent_proc.client.exec(["echo", "alive"]).stdout == b"alive\n"
