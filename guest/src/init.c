@@ -29,6 +29,8 @@
 #include <unistd.h>
 
 static struct boot_config cfg;
+static pid_t agent_pid = -1;
+static long agent_started;
 
 static long now_ms(void)
 {
@@ -64,6 +66,7 @@ static void load_config(void)
 
 static pid_t start_agent(void)
 {
+    agent_started = now_ms();
     pid_t pid = fork();
     if (pid != 0)
         return pid;
@@ -145,6 +148,16 @@ static void reap(pid_t workload, int *result, int *sig)
     int st;
     pid_t p;
     while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (p == agent_pid) {
+            /* The agent was killed: start a new one, unless it died at once
+             * (no vsock in this VM), which would only loop. */
+            int ran_ms = (int)(now_ms() - agent_started);
+            logmsg("agent exited (%s %d) after %d ms%s", WIFSIGNALED(st) ? "signal" : "status",
+                   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), ran_ms,
+                   ran_ms > 1000 ? ", restarting it" : "");
+            agent_pid = ran_ms > 1000 ? start_agent() : -1;
+            continue;
+        }
         if (p != workload || *result >= 0)
             continue;
         if (WIFSIGNALED(st)) {
@@ -228,7 +241,7 @@ int init_main(void)
     rootfs_etc_files(&cfg);
     net_setup(&cfg);
     dbg("root ready, starting agent and workload");
-    start_agent();
+    agent_pid = start_agent();
     if (cfg.ssh && ssh_start() < 0)
         logmsg("ssh: fork: %s", strerror(errno));
     if (cfg.argv.n == 0) {

@@ -210,3 +210,20 @@ def test_random_frames_never_crash_the_agent(agent_proc):
                 pass
     assert agent_proc.proc.poll() is None
     assert agent_proc.client.exec(["echo", "alive"]).stdout == b"alive\n"
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_killed_agent_session_is_reported_not_hung_on(agent):
+    import os
+
+    ex = agent.start(["sleep", "60"])
+    os.kill(_ppid(ex.pid), signal.SIGKILL)  # the agent process serving this exec
+    start = time.monotonic()
+    with pytest.raises(AgentError, match="closed the stream"):
+        ex.wait()
+    assert time.monotonic() - start < 5
+    ex.close()

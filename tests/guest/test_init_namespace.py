@@ -269,3 +269,30 @@ def test_agent_in_the_guest_uses_config_env_and_shutdown_stops_the_workload(vm, 
     finally:
         log = run.finish()
     assert "MM-EXIT code=143 signal=15" in log
+
+
+def test_killed_agent_is_restarted_by_init(vm, tmp_path):
+    from vmm.guest.agent_client import AgentClient
+
+    cfg = boot(["sleep", "60"], agent_path="/run/agent.sock", stop_timeout=2)
+    run = Running(vm, cfg, tmp_path / "ir")
+    try:
+        agent = AgentClient(run.socket("/run/agent.sock"))
+        workload_and_agent = Path(f"/proc/{run.init}/task/{run.init}/children").read_text().split()
+        listener = next(int(p) for p in workload_and_agent
+                        if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] != b"sleep")
+        time.sleep(1.1)  # init restarts an agent that had been up for more than a second
+        os.kill(listener, 9)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r = agent.exec(["echo", "back"])
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the agent did not come back"
+                time.sleep(0.05)
+        assert r.stdout == b"back\n"
+        agent.shutdown()
+    finally:
+        log = run.finish()
+    assert "agent exited (signal 9)" in log and "restarting it" in log
