@@ -4,8 +4,8 @@ kernel's boot under QEMU microvm inside the lab (the baseline our VMM must beat)
     .venv/bin/pytest benchmarks/lab -p no:cacheprovider
 
 Targets on this machine kind: boot to command ≤ 10 s, `python3 -c pass` ≤ 1.5 s. The boot
-figure stops the lab first, so run this file alone (it leaves the lab up). The kernel
-figure records the guest's own uptime at init in `extra_info` next to the wall time.
+figures use a private lab (own MM_STATE, stopped at the end), so a shared lab is never
+disturbed and the boot figure is a cold boot each round. The kernel figure records the guest's own uptime at init in `extra_info` next to the wall time.
 """
 from __future__ import annotations
 
@@ -27,12 +27,23 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def lab():
+def lab(tmp_path_factory):
+    """A private lab (its own MM_STATE): the boot figure must not stop a lab others share."""
     from vmm.lab import Lab, is_prepared
 
     if not is_prepared():
         pytest.skip("the lab is not prepared: run `mm lab prepare`")
-    return Lab()
+    old = os.environ.get("MM_STATE")
+    os.environ["MM_STATE"] = str(tmp_path_factory.mktemp("lab-state"))
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.down()
+        if old is None:
+            del os.environ["MM_STATE"]
+        else:
+            os.environ["MM_STATE"] = old
 
 
 def test_boot_to_command(benchmark, lab):

@@ -212,7 +212,7 @@ class Lab:
             out.write(config_archive(cfg))
         port = free_port()
         argv = command_line(
-            kernel=assets.vmlinuz, initrd=initrd, shares=shares, settings=self.settings,
+            kernel=assets.boot_kernel, initrd=initrd, shares=shares, settings=self.settings,
             host_port=port, serial_log=self.serial_log, qmp_socket=self.dir / "qmp.sock",
             pidfile=self.dir / "qemu.pid",
         )

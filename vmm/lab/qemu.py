@@ -16,6 +16,7 @@ from vmm.lab.errors import LabError
 from vmm.lab.initramfs import AGENT_PORT, Share
 
 QEMU = "qemu-system-x86_64"
+FIRMWARE = ("-bios", "/usr/share/qemu/qboot.rom")
 KERNEL_CMDLINE = (
     "console=ttyS0,115200 panic=-1 quiet loglevel=4 mitigations=off nokaslr "
     "tsc=reliable no_timer_check rdinit=/init"
@@ -59,7 +60,7 @@ def command_line(
         QEMU, "-name", "mm-lab",
         "-M", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
         "-smp", str(settings.cpus), "-m", f"{settings.memory_mib}M",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", *FIRMWARE,
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", KERNEL_CMDLINE,
         "-chardev", f"file,id=serial0,path={serial_log}", "-serial", "chardev:serial0",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",

@@ -193,3 +193,26 @@ def test_leases_count_only_live_processes(tmp_path, monkeypatch):
     with lab.lease():
         assert lab._other_users() == 1
     assert lab._other_users() == 0
+
+
+def test_vmlinux_is_extracted_from_a_bzimage(tmp_path):
+    import lzma
+    import struct
+
+    from vmm.lab.bzimage import extract_vmlinux
+
+    elf = b"\x7fELF" + b"\x02\x01" + bytes(200)
+    packed = lzma.compress(elf, format=lzma.FORMAT_XZ) + struct.pack("<I", len(elf))  # + size, as Linux appends
+    setup_sects = 3
+    image = bytearray((setup_sects + 1) * 512)
+    image[0x1F1] = setup_sects
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x20F)
+    struct.pack_into("<II", image, 0x248, 100, len(packed))
+    image += bytes(100) + packed
+    bz = tmp_path / "vmlinuz"
+    bz.write_bytes(bytes(image))
+    assert extract_vmlinux(bz, tmp_path / "vmlinux").read_bytes() == elf
+    bz.write_bytes(b"MZ" + bytes(1000))
+    with pytest.raises(LabError, match="not a bzImage"):
+        extract_vmlinux(bz, tmp_path / "vmlinux")
