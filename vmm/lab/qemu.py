@@ -16,7 +16,9 @@ from vmm.lab.errors import LabError
 from vmm.lab.initramfs import AGENT_PORT, Share
 
 QEMU = "qemu-system-x86_64"
-FIRMWARE = ("-bios", "/usr/share/qemu/qboot.rom")
+# qboot (shipped with Debian's QEMU) jumps straight to the kernel; SeaBIOS is the default.
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+FIRMWARE = ("-bios", str(QBOOT)) if QBOOT.is_file() else ()
 KERNEL_CMDLINE = (
     "console=ttyS0,115200 panic=-1 quiet loglevel=4 mitigations=off nokaslr "
     "tsc=reliable no_timer_check rdinit=/init"
