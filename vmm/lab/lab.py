@@ -238,7 +238,10 @@ class Lab:
             except (OSError, ConnectionError, LabError):
                 pass
             if time.monotonic() > deadline:
-                raise LabError(f"the lab did not answer in time:\n{self._serial_tail()}")
+                raise LabError(
+                    f"the lab did not answer in time:\n{self._serial_tail()}",
+                    f"its serial log is {self.serial_log}; `mm lab down` stops a hung lab",
+                )
             time.sleep(0.1)
 
     def _serial_tail(self, lines: int = 25) -> str:
