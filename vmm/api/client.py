@@ -41,8 +41,15 @@ class WorkerClient:
 
     def _exchange(self, sock: socket.socket, op: str, args: dict[str, Any], want_fd: bool = False):
         rid = next(_ids)
-        sock.sendall(protocol.Request(op=op, args=args, id=rid).encode())
-        line, fds = _read_line(sock, want_fd)
+        try:
+            sock.sendall(protocol.Request(op=op, args=args, id=rid).encode())
+            line, fds = _read_line(sock, want_fd)
+        except socket.timeout:
+            raise WorkerUnreachable(f"the worker did not answer `{op}` in time",
+                                    "it may be stuck; `mm kill` ends it") from None
+        except (ConnectionResetError, BrokenPipeError):
+            # e.g. the VM ended and the worker closed its socket with us still in the backlog
+            raise WorkerUnreachable(f"the worker closed the connection during `{op}`") from None
         return protocol.decode_response(line, expect_id=rid), fds
 
     def call(self, op: str, io_timeout: float | None = -1.0, /, **args: Any) -> dict[str, Any]:
@@ -51,11 +58,6 @@ class WorkerClient:
         try:
             result, _ = self._exchange(sock, op, args)
             return result
-        except socket.timeout:
-            raise WorkerUnreachable(f"the worker did not answer `{op}` in time",
-                                    "it may be stuck; `mm kill` ends it") from None
-        except ConnectionResetError:
-            raise WorkerUnreachable(f"the worker closed the connection during `{op}`") from None
         finally:
             sock.close()
 
