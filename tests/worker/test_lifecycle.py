@@ -54,6 +54,7 @@ def test_stop_forces_a_guest_that_ignores_it(control, spawn):
 
 def test_kill_and_start_again(control, spawn):
     rec = spawn("again")
+    wait_for(lambda: GREETING in read(control.paths(rec).console_log), what="the first greeting")
     control.kill("again")
     assert control.wait("again") == 137
     rec2 = control.start("again")
