@@ -279,6 +279,15 @@ class Lab:
 
     def _request(self, req: dict, timeout: float | None = None, on_output: Callable[[bytes, bytes], None] | None = None):
         """Send one request; returns (stdout, stderr, result) and streams output to on_output."""
+        try:
+            return self._request_once(req, timeout, on_output)
+        except (ConnectionError, socket.timeout) as exc:
+            raise LabError(
+                f"lost the connection to the lab: {exc}",
+                f"the lab stopped or restarted meanwhile (`mm lab status`; serial log {self.serial_log})",
+            ) from exc
+
+    def _request_once(self, req: dict, timeout: float | None, on_output) -> tuple[bytes, bytes, dict]:
         req = dict(req, token=self._token())
         with self._connect(timeout) as sock:
             sock.sendall(json.dumps(req).encode() + b"\n")
