@@ -8,6 +8,7 @@ renamed into place only when complete, so a killed build leaves nothing that loo
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -139,6 +140,19 @@ def build(force: bool = False, jobs: int = 2, log=print) -> Path:
     if not SOURCE_TARBALL.is_file():
         raise KernelError(f"{SOURCE_TARBALL} is missing", f"install {SOURCE_PACKAGE} (./setup.sh does)")
     base = paths.ensure(paths.cache_dir() / "kernel")
+    # One build at a time per cache (setup.sh and a user may start one together); whoever
+    # waited finds the other's result.
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(final) and not force:
+            return final
+        return _build_locked(base, key, final, jobs, log)
+
+
+def _build_locked(base: Path, key: str, final: Path, jobs: int, log) -> Path:
+    for stale in base.glob(".*-*"):  # a build killed outright (we hold the lock: none runs)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     # The unpacked tree is reused between builds of the same source version.
     work = base / f"src-{hashlib.sha256(source_version().encode()).hexdigest()[:12]}"
     out = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
