@@ -35,7 +35,11 @@ def exec_(
     argv: list[str] = typer.Argument(..., help="the command and its arguments (after --)"),
     timeout: float = typer.Option(None, "--timeout", help="kill the command after this many seconds (exit 124)"),
 ) -> None:
-    """Run a command in the lab (booting it first if needed); its exit code becomes ours."""
+    """Run a command in the lab (booting it first if needed); its exit code becomes ours.
+
+    It runs chrooted in the host's filesystem at the same paths, in the current directory,
+    with MM_* and PATH from here; stdin is /dev/null; output streams as it comes.
+    """
     import os
 
     from vmm.cli.main import print_error
