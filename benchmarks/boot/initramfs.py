@@ -25,12 +25,14 @@ export PATH=/bin
 mkdir -p /proc /sys /dev
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev 2>/dev/null
-echo "MM-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
-echo "MM-CPUS $(grep -c ^processor /proc/cpuinfo)"
-echo "MM-MEM $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+# Also through the kernel log: printk's console path does not depend on the tty layer.
+say() { echo "$*"; echo "$*" > /dev/kmsg; }
+say "MM-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "MM-CPUS $(grep -c ^processor /proc/cpuinfo)"
+say "MM-MEM $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
 case "$mmaction" in
   reboot) reboot -f ;;
-  panic) echo "MM-PANIC"; exit 1 ;;
+  panic) say "MM-PANIC"; exit 1 ;;
   shell) exec sh ;;
   *) poweroff -f ;;
 esac
@@ -70,6 +72,7 @@ def parse_report(console: str) -> dict:
     out: dict = {}
     for line in console.splitlines():
         line = line.strip()
+        line = line[line.find("MM-"):] if "MM-" in line else line
         if line.startswith("MM-INIT uptime="):
             out["uptime"] = float(line.split("=", 1)[1])
         elif line.startswith("MM-CPUS "):
