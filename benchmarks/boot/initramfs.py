@@ -25,8 +25,9 @@ export PATH=/bin
 mkdir -p /proc /sys /dev
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev 2>/dev/null
-# Also through the kernel log: printk's console path does not depend on the tty layer.
-say() { echo "$*"; echo "$*" > /dev/kmsg; }
+# Also through the kernel log (level 2, shown even with `quiet`): printk's console path
+# does not depend on the tty layer.
+say() { echo "$*"; echo "<2>$*" > /dev/kmsg; }
 say "MM-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 say "MM-CPUS $(grep -c ^processor /proc/cpuinfo)"
 say "MM-MEM $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
