@@ -36,15 +36,19 @@ class InitReport:
 
 
 def tiny_initramfs(out: Path, busybox: Path = BUSYBOX) -> Path:
-    buf = io.BytesIO()
-    w = CpioWriter(buf)
+    """Two concatenated archives (busybox, then /init), as our guest init ships: every boot
+    with it also proves the kernel unpacks concatenated cpio archives."""
+    base, top = io.BytesIO(), io.BytesIO()
+    w = CpioWriter(base)
     for d in ("proc", "sys", "dev"):
         w.mkdir(d)
     w.chardev("dev/console", 5, 1)
     w.add_path("bin/busybox", busybox, 0o755)
+    w.close()
+    w = CpioWriter(top)
     w.file("init", INIT.encode(), 0o755)
     w.close()
-    out.write_bytes(buf.getvalue())
+    out.write_bytes(base.getvalue() + top.getvalue())
     return out
 
 
