@@ -47,7 +47,9 @@ def test_error_subclass_sets_exit_status(boom_command, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_debug_shows_traceback(boom_command, capsys):
+def test_debug_shows_traceback(boom_command, capsys, monkeypatch):
+    # --debug exports MM_DEBUG=1 for child processes; monkeypatch restores it after the test.
+    monkeypatch.setenv("MM_DEBUG", "0")
     boom_command(MMError("kaput"))
     assert cli_main.main(["--debug", "boom"]) == ExitStatus.ERROR
     err = capsys.readouterr().err
