@@ -74,6 +74,10 @@ case "${1:-setup}" in
   run)
     setup_all
     "$VENV/bin/mm" doctor || true
+    if ! "$VENV/bin/python" -c 'import sys; from vmm.hostinfo import runs_standard_guests as r; sys.exit(not r())'; then
+      log "this host cannot boot standard guests: the main job runs inside the lab"
+      "$VENV/bin/mm" lab exec -- "$VENV/bin/mm" doctor
+    fi
     ;;
   test)
     setup_all
