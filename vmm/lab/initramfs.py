@@ -73,6 +73,10 @@ if [ -d $R/usr/lib/modules ]; then
   mkdir -p "$R/usr/lib/modules/$MM_KVER"
   mount --bind "$R$MM_MODULES" "$R/usr/lib/modules/$MM_KVER" || fail "bind the module tree"
   echo /sbin/mm-modprobe > /proc/sys/kernel/modprobe
+  # Neither is autoloaded here: nfnetlink by netlink socket creation (nft then says
+  # "Protocol not supported"), nor tun by opening /dev/net/tun, which exists only once
+  # tun is loaded. Load both up front.
+  chroot $R /sbin/modprobe -a nf_tables tun || log "modprobe nf_tables tun failed: VM networking will not work in the lab"
 fi
 ip link set lo up
 ip link set eth0 up && ip addr add "$MM_ADDR" dev eth0 && ip route add default via "$MM_GATEWAY" \
