@@ -105,6 +105,18 @@ class VirtioDevice:
     def process_queue(self, index: int) -> None:
         """Handle new buffers on queue `index` (devices override)."""
 
+    def pop_valid(self, q):
+        """The next well-formed chain of queue `q`, or None when it is empty. A malformed
+        chain is counted in `invalid_chains` and handed back to the driver as used with
+        length 0, never processed."""
+        while True:
+            try:
+                return q.pop()
+            except ChainError as e:
+                self.invalid_chains += 1
+                if e.head < q.size:
+                    q.add_used(e.head, 0)
+
     def drain(self, index: int, handler: Callable) -> int:
         """Pop every available chain of queue `index`, pass it to `handler` (which returns
         the number of bytes it wrote, or None to keep the chain for later), return it as
@@ -116,13 +128,7 @@ class VirtioDevice:
         done = 0
         try:
             while True:
-                try:
-                    chain = q.pop()
-                except ChainError as e:
-                    self.invalid_chains += 1
-                    if e.head < q.size:
-                        q.add_used(e.head, 0)
-                    continue
+                chain = self.pop_valid(q)
                 if chain is None:
                     break
                 written = handler(chain)

@@ -14,7 +14,7 @@ import threading
 
 from ..constants import DeviceType, bit
 from ..device import VirtioDevice
-from ..errors import ChainError, QueueCorrupt
+from ..errors import QueueCorrupt
 from . import (
     F_DEFLATE_ON_OOM, F_REPORTING, F_STATS_VQ, PAGE_SHIFT, PAGE_SIZE, QUEUE_SIZE, STAT_NAMES,
 )
@@ -129,13 +129,7 @@ class BalloonDevice(VirtioDevice):
         q = act.queues[index]
         try:
             while True:
-                try:
-                    chain = q.pop()
-                except ChainError as e:
-                    self.invalid_chains += 1
-                    if e.head < q.size:
-                        q.add_used(e.head, 0)
-                    continue
+                chain = self.pop_valid(q)
                 if chain is None:
                     break
                 if self.stats_head is not None:  # a driver must keep one buffer: give the old one back

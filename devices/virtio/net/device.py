@@ -16,7 +16,7 @@ import time
 from ...ratelimiter import RateLimiter
 from ..constants import DeviceType, bit
 from ..device import Activated, VirtioDevice
-from ..errors import ChainError, QueueCorrupt
+from ..errors import QueueCorrupt
 from . import (
     F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_HOST_ECN, F_HOST_TSO4, F_HOST_TSO6,
     F_MAC, F_MRG_RXBUF, F_STATUS, MAX_FRAME, MAX_PLAIN_FRAME, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, STATUS_LINK_UP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
@@ -128,20 +128,11 @@ class NetDevice(VirtioDevice):
             waits = [w for w in waits if w is not None]
             deadline = time.monotonic() + min(waits) if waits else None
 
-    def _pop(self, q):
-        while True:
-            try:
-                return q.pop()
-            except ChainError as e:
-                self.invalid_chains += 1
-                if e.head < q.size:
-                    q.add_used(e.head, 0)
-
     def _tx(self, act: Activated) -> float | None:
         q, wait = act.queues[TX_QUEUE], None
         if q is None or self.tx_blocked:
             return None
-        while (chain := self._pop(q)) is not None:
+        while (chain := self.pop_valid(q)) is not None:
             n = chain.readable_len
             if n < VNET_HDR_SIZE or n > MAX_FRAME or chain.writable:
                 self.metrics.tx_malformed += 1
@@ -228,7 +219,7 @@ class NetDevice(VirtioDevice):
         need = self._max_frame()
         chains, room = [], 0
         while room < need and (not chains or self.has_feature(F_MRG_RXBUF)):
-            chain = self._pop(q)
+            chain = self.pop_valid(q)
             if chain is None:
                 break
             if chain.writable_len < VNET_HDR_SIZE or chain.readable:

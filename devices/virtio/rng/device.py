@@ -8,7 +8,7 @@ import os
 from ...ratelimiter import RateLimiter
 from ..constants import DeviceType
 from ..device import VirtioDevice
-from ..errors import ChainError, QueueCorrupt
+from ..errors import QueueCorrupt
 from ..timerfd import TimerFd
 from . import MAX_REQUEST, QUEUE_SIZE
 from .metrics import RngMetrics
@@ -45,13 +45,7 @@ class RngDevice(VirtioDevice):
         q = act.queues[0]
         try:
             while True:
-                try:
-                    chain = q.pop()
-                except ChainError as e:
-                    self.invalid_chains += 1
-                    if e.head < q.size:
-                        q.add_used(e.head, 0)
-                    continue
+                chain = self.pop_valid(q)
                 if chain is None:
                     break
                 want = min(chain.writable_len, MAX_REQUEST)
