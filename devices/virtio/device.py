@@ -18,6 +18,14 @@ from .errors import ChainError, QueueCorrupt
 COMMON_FEATURES = bit(F_VERSION_1) | bit(F_EVENT_IDX) | bit(F_INDIRECT_DESC)
 
 
+def drain_eventfd(fd: int) -> None:
+    """Consume an eventfd's counter if it fired (kicks coalesce: one read clears them all)."""
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        pass
+
+
 @dataclasses.dataclass
 class Activated:
     """What an activated device holds: guest memory, queues, kick eventfds and callbacks."""
@@ -96,10 +104,7 @@ class VirtioDevice:
         act = self.active
         if act is None:
             return
-        try:
-            os.eventfd_read(act.queue_events[index])
-        except BlockingIOError:
-            pass
+        drain_eventfd(act.queue_events[index])
         self.process_queue(index)
 
     def process_queue(self, index: int) -> None:

@@ -17,7 +17,7 @@ from .constants import (
     F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, INT_CONFIG, INT_VRING, MMIO_MAGIC, MMIO_VERSION,
     VENDOR_ID, Reg, Status, bit,
 )
-from .device import Activated, VirtioDevice
+from .device import Activated, VirtioDevice, drain_eventfd
 from .errors import QueueCorrupt
 from .persist import TransportState
 from .queue import SplitQueue
@@ -244,10 +244,7 @@ class MmioTransport:
         self.device.reset()
         self.device.acked_features = 0
         for fd in self.queue_events:
-            try:
-                os.eventfd_read(fd)
-            except BlockingIOError:
-                pass
+            drain_eventfd(fd)
         self._clear()
 
     # -- persist ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import threading
 
 from ...ratelimiter import RateLimiter
 from ..constants import DeviceType, bit
-from ..device import Activated, VirtioDevice
+from ..device import Activated, VirtioDevice, drain_eventfd
 from ..errors import ChainError, QueueCorrupt
 from . import (
     F_BLK_SIZE, F_DISCARD, F_FLUSH, F_RO, F_SEG_MAX, F_WRITE_ZEROES, QUEUE_SIZE, SECTOR_SIZE, BlockError,
@@ -88,10 +88,7 @@ class BlockDevice(VirtioDevice):
             if stop in ready:
                 return
             if kick in ready:
-                try:
-                    os.eventfd_read(kick)
-                except BlockingIOError:
-                    pass
+                drain_eventfd(kick)
             wait = self.process(act)
             if self.active is not act:  # failed or reset from inside process()
                 return

@@ -15,7 +15,7 @@ import time
 
 from ...ratelimiter import RateLimiter
 from ..constants import DeviceType, bit
-from ..device import Activated, VirtioDevice
+from ..device import Activated, VirtioDevice, drain_eventfd
 from ..errors import QueueCorrupt
 from . import (
     F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_HOST_ECN, F_HOST_TSO4, F_HOST_TSO6,
@@ -116,7 +116,7 @@ class NetDevice(VirtioDevice):
                     self.tap_readable = self.tap_readable or bool(ev & select.POLLIN)
                     self.tx_blocked = self.tx_blocked and not ev & select.POLLOUT
                 else:
-                    _drain(fd)
+                    drain_eventfd(fd)
                     self.rx_room = self.rx_room or fd == rx_kick
             if self._stopping:
                 return
@@ -264,13 +264,6 @@ class NetDevice(VirtioDevice):
         dev.avail_features, dev.acked_features = state.avail_features, state.acked_features
         dev.config_generation = state.config_generation
         return dev
-
-
-def _drain(fd: int) -> None:
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        pass
 
 
 def _unregister(poller, fd: int) -> None:

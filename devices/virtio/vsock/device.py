@@ -13,7 +13,7 @@ import threading
 import time
 
 from ..constants import DeviceType
-from ..device import Activated, VirtioDevice
+from ..device import Activated, VirtioDevice, drain_eventfd
 from ..errors import ChainError, QueueCorrupt
 from . import EVENT_QUEUE, EVENT_TRANSPORT_RESET, HOST_CID, QUEUE_SIZE, RX_QUEUE, VsockError
 from .metrics import VsockMetrics
@@ -90,7 +90,7 @@ class VsockDevice(VirtioDevice):
             timeout = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
             for fd, events in poller.poll(timeout):
                 if fd == self._wake or fd in fixed:
-                    _drain_eventfd(fd)
+                    drain_eventfd(fd)
                     if fixed.get(fd) == RX_QUEUE:
                         self.mux.rx_room = True
                 elif fd in registered:
@@ -146,10 +146,3 @@ class VsockDevice(VirtioDevice):
         dev.avail_features, dev.acked_features = state.avail_features, state.acked_features
         dev.config_generation = state.config_generation
         return dev
-
-
-def _drain_eventfd(fd: int) -> None:
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        pass
