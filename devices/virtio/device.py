@@ -18,6 +18,19 @@ from .errors import ChainError, QueueCorrupt
 COMMON_FEATURES = bit(F_VERSION_1) | bit(F_EVENT_IDX) | bit(F_INDIRECT_DESC)
 
 
+def pop_valid(q, count_invalid: Callable[[], None]):
+    """The next well-formed chain of queue `q`, or None when it is empty. A malformed
+    chain is counted with `count_invalid()` and handed back to the driver as used with
+    length 0, never processed."""
+    while True:
+        try:
+            return q.pop()
+        except ChainError as e:
+            count_invalid()
+            if e.head < q.size:
+                q.add_used(e.head, 0)
+
+
 def drain_eventfd(fd: int) -> None:
     """Consume an eventfd's counter if it fired (kicks coalesce: one read clears them all)."""
     try:
@@ -111,16 +124,12 @@ class VirtioDevice:
         """Handle new buffers on queue `index` (devices override)."""
 
     def pop_valid(self, q):
-        """The next well-formed chain of queue `q`, or None when it is empty. A malformed
-        chain is counted in `invalid_chains` and handed back to the driver as used with
-        length 0, never processed."""
-        while True:
-            try:
-                return q.pop()
-            except ChainError as e:
-                self.invalid_chains += 1
-                if e.head < q.size:
-                    q.add_used(e.head, 0)
+        """The next well-formed chain of queue `q` (see `pop_valid`), counting malformed
+        ones in `invalid_chains`."""
+        return pop_valid(q, self._count_invalid_chain)
+
+    def _count_invalid_chain(self) -> None:
+        self.invalid_chains += 1
 
     def drain(self, index: int, handler: Callable) -> int:
         """Pop every available chain of queue `index`, pass it to `handler` (which returns

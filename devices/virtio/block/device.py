@@ -14,8 +14,8 @@ import threading
 
 from ...ratelimiter import RateLimiter
 from ..constants import DeviceType, bit
-from ..device import Activated, VirtioDevice, drain_eventfd
-from ..errors import ChainError, QueueCorrupt
+from ..device import Activated, VirtioDevice, drain_eventfd, pop_valid
+from ..errors import QueueCorrupt
 from . import (
     F_BLK_SIZE, F_DISCARD, F_FLUSH, F_RO, F_SEG_MAX, F_WRITE_ZEROES, QUEUE_SIZE, SECTOR_SIZE, BlockError,
 )
@@ -94,6 +94,9 @@ class BlockDevice(VirtioDevice):
                 return
             timeout = None if wait is None else max(1, int(wait * 1000))
 
+    def _count_invalid_request(self) -> None:
+        self.metrics.invalid_requests += 1
+
     def process(self, act: Activated) -> float | None:
         """Serve every available request; return seconds to wait if throttled."""
         q = act.queues[0]
@@ -102,13 +105,7 @@ class BlockDevice(VirtioDevice):
         wait = None
         try:
             while True:
-                try:
-                    chain = q.pop()
-                except ChainError as e:
-                    self.metrics.invalid_requests += 1
-                    if e.head < q.size:
-                        q.add_used(e.head, 0)
-                    continue
+                chain = pop_valid(q, self._count_invalid_request)
                 if chain is None:
                     break
                 try:

@@ -17,7 +17,7 @@ import socket
 import stat
 import time
 
-from ..errors import ChainError, QueueCorrupt
+from ..device import pop_valid
 from . import (
     CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECT_LINE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
     OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, RX_QUEUE, SHUTDOWN_RCV, SHUTDOWN_SEND,
@@ -191,18 +191,15 @@ class Muxer:
                                    0, CONN_BUF_ALLOC, 0))
 
     # -- guest → host (tx queue) -----------------------------------------------------
+    def _count_invalid_packet(self) -> None:
+        self.metrics.invalid_packets += 1
+
     def process_tx(self, act) -> None:
         q = act.queues[TX_QUEUE]
         if q is None:
             return
         while len(self.control) < MAX_PENDING_CONTROL:
-            try:
-                chain = q.pop()
-            except ChainError as e:
-                self.metrics.invalid_packets += 1
-                if e.head < q.size:
-                    q.add_used(e.head, 0)
-                continue
+            chain = pop_valid(q, self._count_invalid_packet)
             if chain is None:
                 break
             self._tx_packet(chain)
@@ -305,13 +302,7 @@ class Muxer:
         if q is None or not (self.control or self.rx_ready):
             return
         while self.control or self.rx_ready:
-            try:
-                chain = q.pop()
-            except ChainError as e:
-                self.metrics.invalid_packets += 1
-                if e.head < q.size:
-                    q.add_used(e.head, 0)
-                continue
+            chain = pop_valid(q, self._count_invalid_packet)
             if chain is None:
                 self.rx_room = False
                 break
