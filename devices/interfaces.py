@@ -28,8 +28,8 @@ class GuestMemory(Protocol):
         ...
 
 
-class GuestMemoryError(ValueError):
-    """A guest-supplied address or length falls outside guest RAM."""
+# Defined in devices.errors (importable without `typing`), the same class here.
+from devices.errors import GuestMemoryError  # noqa: E402
 
 
 class InterruptLine(Protocol):

@@ -2,5 +2,5 @@
 enough for `reboot=k` (`i8042`), the ACPI sleep/reset port and pvpanic (`power`).
 
 Each is a `devices.interfaces.BusDevice` (`read(offset, size)` / `write(offset, size,
-value)`) whose state is one serializable dataclass (`.state`, `save()` / `restore()`).
+value)`) whose state is one plain-data object (`.state`, a `state.State`; `save()` / `restore()`).
 """

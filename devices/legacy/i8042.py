@@ -10,8 +10,7 @@ else is accepted and ignored. Port 0x60 returns the pending output byte.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+from devices.legacy.state import State
 
 STATUS_OBF = 0x01
 STATUS_SYS = 0x04          # system flag: POST passed
@@ -20,12 +19,13 @@ CMD_READ_CB, CMD_WRITE_CB, CMD_SELF_TEST, CMD_PORT_TEST, CMD_RESET = 0x20, 0x60,
 SELF_TEST_OK = 0x55
 
 
-@dataclass
-class I8042State:
-    command_byte: int = 0x45   # keyboard interrupt on, translation on, system flag
-    output: int | None = None
-    expect_cb: bool = False    # the next data write is the command byte
-    last_was_cmd: bool = False
+class I8042State(State):
+    FIELDS = {
+        "command_byte": 0x45,   # keyboard interrupt on, translation on, system flag
+        "output": None,         # int | None: the byte port 0x60 returns next
+        "expect_cb": False,     # the next data write is the command byte
+        "last_was_cmd": False,
+    }
 
 
 class _DataPort:
@@ -47,13 +47,13 @@ class _DataPort:
 class I8042:
     """The command/status port (0x64); `data_port` is the device for port 0x60."""
 
-    def __init__(self, on_reset: Callable[[], None], state: I8042State | None = None) -> None:
+    def __init__(self, on_reset, state: I8042State | None = None) -> None:
         self.on_reset = on_reset
         self.state = state or I8042State()
         self.data_port = _DataPort(self)
 
     def save(self) -> dict:
-        return asdict(self.state)
+        return self.state.asdict()
 
     @classmethod
     def restore(cls, data: dict, on_reset) -> "I8042":

@@ -10,13 +10,16 @@ Interrupts: RX data available (IER bit 0) outranks THR empty (IER bit 1); the li
 pulsed on each new interrupt condition (the ISA line is edge-triggered). Loopback
 (MCR bit 4) feeds TX back to RX and the modem outputs to the modem status lines,
 which Linux's autoconfig checks. State is `SerialState`, plain data.
+
+This is the pure-Python twin: the VMM uses devices.legacy._serial.FastSerial, the same
+device served in C with TX batched (the unit tests run against both).
 """
 from __future__ import annotations
 
 import collections
 import threading
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+
+from devices.legacy.state import State
 
 RX_FIFO_SIZE = 64
 
@@ -31,23 +34,24 @@ MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
 DATA, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
 
 
-@dataclass
-class SerialState:
-    dll: int = 0x0C          # 9600 baud, what a PC BIOS leaves
-    dlm: int = 0
-    ier: int = 0
-    lcr: int = 0x03          # 8N1
-    mcr: int = MCR_OUT2
-    fcr: int = 0
-    scr: int = 0
-    thre_pending: bool = False   # a THR-empty interrupt not yet acknowledged
-    rx: list[int] = field(default_factory=list)
+class SerialState(State):
+    FIELDS = {
+        "dll": 0x0C,            # 9600 baud, what a PC BIOS leaves
+        "dlm": 0,
+        "ier": 0,
+        "lcr": 0x03,            # 8N1
+        "mcr": MCR_OUT2,
+        "fcr": 0,
+        "scr": 0,
+        "thre_pending": False,  # a THR-empty interrupt not yet acknowledged
+        "rx": [],               # bytes received, not yet read (list[int])
+    }
 
 
 class Serial:
     """A 16550A with an RX FIFO; `out` gets TX bytes, `interrupt.trigger()` raises IRQ."""
 
-    def __init__(self, interrupt, out: Callable[[bytes], None] | None = None,
+    def __init__(self, interrupt, out=None,
                  state: SerialState | None = None) -> None:
         self.interrupt = interrupt
         self.out = out or (lambda data: None)
@@ -59,7 +63,7 @@ class Serial:
     def save(self) -> dict:
         with self._lock:
             self.state.rx = list(self._rx)
-            return asdict(self.state)
+            return self.state.asdict()
 
     @classmethod
     def restore(cls, data: dict, interrupt, out=None) -> "Serial":
@@ -77,6 +81,9 @@ class Serial:
         if fire:
             self.interrupt.trigger()
         return len(taken)
+
+    def flush(self) -> None:
+        """Nothing is buffered here (every TX byte goes to `out` at once); FastSerial's API."""
 
     def rx_room(self) -> int:
         with self._lock:

@@ -92,27 +92,14 @@ cdef int walk(const uint8_t *table, uint32_t n, uint32_t start, bint direct,
 
 
 cdef class SplitQueue:
-    """One split virtqueue over guest memory (device side)."""
-
-    cdef readonly object memory
-    cdef readonly uint32_t size
-    cdef readonly uint64_t desc_addr, avail_addr, used_addr
-    cdef public bint event_idx, indirect
-    cdef uint16_t _next_avail, _next_used
-    cdef public uint64_t num_added
-    cdef object _views
-    cdef uint8_t[::1] _dmv, _amv, _umv
-    cdef uint8_t *_desc
-    cdef uint8_t *_avail
-    cdef uint8_t *_used
-    cdef uint64_t *_addrs
-    cdef uint32_t *_lens
-    cdef uint16_t *_flags
+    """One split virtqueue over guest memory (device side). Attributes: _queue.pxd."""
 
     def __cinit__(self):
         self._addrs = NULL
         self._lens = NULL
         self._flags = NULL
+        self._regions = NULL
+        self._nregions = 0
 
     def __init__(self, memory, size, desc_addr, avail_addr, used_addr, *,
                  event_idx=False, indirect=False, next_avail=0, next_used=0, num_added=0):
@@ -134,11 +121,94 @@ cdef class SplitQueue:
         self._flags = <uint16_t *>malloc(size * sizeof(uint16_t))
         if not self._addrs or not self._lens or not self._flags:
             raise MemoryError()
+        self._map_regions(memory)
+
+    def _map_regions(self, memory):
+        """Host pointers of guest RAM for translate(): one per region (a GuestMemory's
+        `regions`, else one region of `memory.size`), each checked by host_address().
+        A memory without host_address() (a test double of views only) maps nothing: every
+        translate() fails, so fast paths hand every chain to pop()."""
+        if not hasattr(memory, "host_address"):
+            return
+        regs = getattr(memory, "regions", None)
+        table = [(r.gpa, r.size) for r in regs] if regs else [(0, memory.size)]
+        self._regions = <MemRegion *>malloc(len(table) * sizeof(MemRegion))
+        if not self._regions:
+            raise MemoryError()
+        for i, (gpa, size) in enumerate(table):
+            self._regions[i].gpa = gpa
+            self._regions[i].size = size
+            self._regions[i].host = <uint8_t *><size_t>memory.host_address(gpa, size)
+        self._nregions = len(table)
 
     def __dealloc__(self):
         free(self._addrs)
         free(self._lens)
         free(self._flags)
+        free(self._regions)
+
+    # -- the C-level face (see _queue.pxd) ---------------------------------------------
+    cdef uint8_t *translate(self, uint64_t gpa, uint64_t length) noexcept nogil:
+        """Host pointer of [gpa, gpa+length) if it lies inside one RAM region, else NULL."""
+        cdef int i
+        cdef uint64_t off
+        for i in range(self._nregions):
+            if gpa >= self._regions[i].gpa:
+                off = gpa - self._regions[i].gpa
+                if off < self._regions[i].size and length <= self._regions[i].size - off:
+                    return self._regions[i].host + off
+        return NULL
+
+    cdef int peek(self, uint16_t *head, uint32_t *count) noexcept nogil:
+        """Walk the next available chain into the descriptor arrays without consuming it.
+        PEEK_SLOW for anything pop() must judge (corrupt index, malformed chain)."""
+        return self.peek_at(0, head, count)
+
+    cdef int peek_at(self, uint16_t ahead, uint16_t *head, uint32_t *count) noexcept nogil:
+        """peek() of the chain `ahead` places after the next one (nothing is consumed)."""
+        cdef uint16_t idx, n, h
+        cdef int rc
+        cdef uint8_t *table
+        cdef uint32_t length
+        if self.event_idx:
+            mm_fence()  # as in pending(): our avail_event store before the idx load
+        idx = mm_load16(self._avail + 2)
+        n = <uint16_t>(idx - self._next_avail)
+        if n > self.size:
+            return PEEK_SLOW
+        if n <= ahead:
+            return PEEK_EMPTY
+        memcpy(&h, self._avail + 4 + 2 * (<uint16_t>(self._next_avail + ahead) % self.size), 2)
+        if h >= self.size:
+            return PEEK_SLOW
+        rc = walk(self._desc, self.size, h, True, self._addrs, self._lens, self._flags, count)
+        if rc == W_INDIRECT:
+            length = self._lens[0]
+            if not self.indirect or length == 0 or length % 16 or length // 16 > self.size:
+                return PEEK_SLOW
+            table = self.translate(self._addrs[0], length)
+            if table == NULL:
+                return PEEK_SLOW
+            rc = walk(table, length // 16, 0, False, self._addrs, self._lens, self._flags, count)
+        if rc < 0:
+            return PEEK_SLOW
+        head[0] = h
+        return PEEK_CHAIN
+
+    cdef void consume(self) noexcept nogil:
+        """Take the chain peek() returned."""
+        self._next_avail += 1
+        if self.event_idx:
+            mm_store16(self._used + 4 + 8 * self.size, self._next_avail)
+
+    cdef void put_used(self, uint16_t head, uint32_t length) noexcept nogil:
+        """add_used() for a head the caller checked (< size)."""
+        cdef uint32_t h = head
+        memcpy(self._used + 4 + 8 * (self._next_used % self.size), &h, 4)
+        memcpy(self._used + 8 + 8 * (self._next_used % self.size), &length, 4)
+        self._next_used += 1
+        mm_store16(self._used + 2, self._next_used)
+        self.num_added += 1
 
     @property
     def next_avail(self):

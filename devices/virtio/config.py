@@ -1,5 +1,5 @@
 """User-facing device specs (`--disk PATH[:ro]`, `--tap NAME[:MAC]`, `--vsock CID:UDS_PATH`,
-`--balloon [MIB]`) parsed into frozen dataclasses that build the devices.
+`--rng`, `--balloon [MIB][,reporting=off]`) parsed into frozen dataclasses that build the devices.
 
 The CLI passes the strings through; a bad spec raises `SpecError` with a hint. Building a
 device opens its backend (file, TAP, socket), so the worker calls `build()` before it
@@ -87,17 +87,31 @@ class VsockSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class RngSpec:
+    """`--rng`: a virtio-rng fed from the host's getrandom()."""
+
+    def build(self):
+        from .rng.device import RngDevice
+        return RngDevice()
+
+
+@dataclasses.dataclass(frozen=True)
 class BalloonSpec:
+    """`--balloon [MIB][,reporting=off]`: the initial target, and whether the device offers
+    free page reporting (on by default, as Firecracker's `free_page_reporting` option)."""
     target_mib: int = 0
+    reporting: bool = True
 
     @classmethod
-    def parse(cls, text: str | None) -> "BalloonSpec":
-        if not text:
+    def parse(cls, text: "str | int | None") -> "BalloonSpec":
+        if text is None or text == "":
             return cls()
-        if not text.isdigit():
-            raise SpecError(f"bad --balloon {text!r}", hint="use --balloon or --balloon MIB (initial target)")
-        return cls(int(text))
+        target, _, option = str(text).partition(",")
+        hint = "use --balloon, --balloon MIB (initial target) or --balloon MIB,reporting=off"
+        if not target.isdigit() or option not in ("", "reporting=on", "reporting=off"):
+            raise SpecError(f"bad --balloon {text!r}", hint=hint)
+        return cls(int(target), reporting=option != "reporting=off")
 
     def build(self):
         from .balloon.device import BalloonDevice
-        return BalloonDevice(self.target_mib)
+        return BalloonDevice(self.target_mib, reporting=self.reporting)

@@ -6,13 +6,19 @@ routes MMIO exits in that range to `read`/`write` (it is a `BusDevice`), registe
 never reach Python on a vCPU thread, and passes an InterruptLine (an irqfd) for the
 device's interrupt. Status changes follow the literal table `ALLOWED_STATUS_STEPS`.
 Guest memory is handed to the device only at DRIVER_OK.
+
+The InterruptStatus value lives in a `MmioFastPath` (devices/virtio/_mmio.pyx), which the
+run loop reaches through `c_io_handler()`: the InterruptStatus read and InterruptACK write
+every interrupt costs (and a QueueNotify write no ioeventfd caught) are served in C on the
+vCPU thread without the GIL, everything else comes back here. Device threads set ISR bits
+with an atomic OR before firing the irqfd; `interrupt_status` reads the same value.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 
+from ._mmio import MmioFastPath
 from .constants import (
     F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, INT_CONFIG, INT_VRING, MMIO_MAGIC, MMIO_VERSION,
     VENDOR_ID, Reg, Status, bit,
@@ -56,7 +62,7 @@ class MmioTransport:
         self.interrupt = interrupt
         self.events = events
         self.queue_events = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in device.queue_max_sizes]
-        self._lock = threading.Lock()
+        self.fast = MmioFastPath(self.queue_events)
         self.last_error: Exception | None = None  # why the device asked for a reset
         device.on_config_change = self._config_interrupt
         self._clear()
@@ -67,7 +73,7 @@ class MmioTransport:
         self.driver_features_sel = 0
         self.driver_features = 0
         self.queue_sel = 0
-        self.interrupt_status = 0
+        self.fast.isr = 0
         self.queues = [QueueConfig(m) for m in self.device.queue_max_sizes]
 
     def ioeventfds(self) -> list[tuple[int, int, int]]:
@@ -75,21 +81,33 @@ class MmioTransport:
         (4-byte write, DATAMATCH) at base + offset."""
         return [(int(Reg.QUEUE_NOTIFY), i, fd) for i, fd in enumerate(self.queue_events)]
 
+    def c_io_handler(self):
+        """The run loop's C handler (InterruptStatus, InterruptACK, QueueNotify); every
+        other access comes to read()/write()."""
+        return self.fast.c_io_handler()
+
+    @property
+    def interrupt_status(self) -> int:
+        return self.fast.isr
+
+    @interrupt_status.setter
+    def interrupt_status(self, value: int) -> None:
+        self.fast.isr = value & 0xFFFFFFFF
+
     def close(self) -> None:
         self.device.close()
+        self.fast.forget_notify_fds()
         for fd in self.queue_events:
             os.close(fd)
         self.queue_events = []
 
     # -- interrupts ------------------------------------------------------------------
     def signal_used(self, _queue: int) -> None:
-        with self._lock:
-            self.interrupt_status |= INT_VRING
+        self.fast.raise_bits(INT_VRING)  # before the irqfd: the guest's ISR read sees it
         self.interrupt.trigger()
 
     def _config_interrupt(self) -> None:
-        with self._lock:
-            self.interrupt_status |= INT_CONFIG
+        self.fast.raise_bits(INT_CONFIG)
         if self.status & Status.DRIVER_OK:
             self.interrupt.trigger()
 
@@ -123,7 +141,7 @@ class MmioTransport:
         if offset == Reg.QUEUE_READY:
             return int(q.ready) if q else 0
         if offset == Reg.INTERRUPT_STATUS:
-            return self.interrupt_status
+            return self.fast.isr
         if offset == Reg.STATUS:
             return int(self.status)
         if offset == Reg.SHM_LEN_LOW or offset == Reg.SHM_LEN_HIGH:
@@ -151,8 +169,7 @@ class MmioTransport:
             if value < len(self.queue_events):
                 os.eventfd_write(self.queue_events[value], 1)
         elif offset == Reg.INTERRUPT_ACK:
-            with self._lock:
-                self.interrupt_status &= ~value
+            self.fast.ack(value)
         elif offset == Reg.STATUS:
             self._set_status(value)
         elif offset == Reg.DEVICE_FEATURES_SEL:

@@ -36,6 +36,37 @@ def assemble(source: str, bits: int = 64) -> bytes:
     return _cache[key]
 
 
+def polled_serial_tx(data_addr: int) -> str:
+    """Assembly sending RCX bytes from `data_addr` to the 8250 at 0x3f8 as Linux's console
+    does (poll LSR for THR empty, write THR, a byte at a time; two PIO exits a byte),
+    then writing IER, as the driver does after a burst. RCX is set by the caller."""
+    return f"""
+        mov rsi, {data_addr}
+    1:  mov dx, 0x3fd
+    2:  in al, dx
+        test al, 0x20
+        jz 2b
+        mov dx, 0x3f8
+        lodsb
+        out dx, al
+        dec rcx
+        jnz 1b
+        mov dx, 0x3f9
+        xor eax, eax
+        out dx, al
+    """
+
+
+class NoIrq:
+    """An interrupt line nobody listens to (a UART driven by a polling test guest)."""
+
+    def trigger(self):
+        pass
+
+    def fileno(self):
+        return -1
+
+
 class TestVm:
     __test__ = False  # not a pytest class
 

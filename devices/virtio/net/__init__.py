@@ -15,7 +15,7 @@ RX_QUEUE, TX_QUEUE = 0, 1
 QUEUE_SIZE = 256
 VNET_HDR_SIZE = 12  # virtio_net_hdr_v1: VERSION_1 always uses the num_buffers field
 MAX_FRAME = 65562  # vnet header + 64 KiB GSO frame + Ethernet header
-MAX_PLAIN_FRAME = VNET_HDR_SIZE + 1518  # without guest TSO: MTU 1500 + Ethernet + VLAN tag
+MAX_PLAIN_FRAME = VNET_HDR_SIZE + 1522  # without guest TSO: MTU 1500 + Ethernet header + VLAN tag + FCS room
 NUM_BUFFERS_OFFSET = 10  # virtio_net_hdr_v1.num_buffers
 
 F_CSUM = 0

@@ -1,9 +1,12 @@
 """The virtio-net device: rx/tx queues between the guest and a TAP, on its own thread.
 
 The thread polls the TAP (for input only while the guest has rx buffers and the rx
-limiter allows), the two queue eventfds (KVM's ioeventfds) and a wake eventfd. One rx
-chain takes exactly one frame (readv straight into the guest's buffers); one tx chain
-is one frame (writev straight from them), vnet header included.
+limiter allows), the two queue eventfds (KVM's ioeventfds) and a wake eventfd. A frame
+from the TAP is read straight into the next rx chain's buffers; with MRG_RXBUF what does
+not fit there lands in a bounce buffer and is spread over further chains, popped only as
+needed (a chain is never popped and handed back for room, which would leave the guest's
+EVENT_IDX kick threshold behind buffers it already posted). One tx chain is one frame
+(writev straight from the guest's buffers), vnet header included.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from . import (
     F_MAC, F_MRG_RXBUF, F_STATUS, MAX_FRAME, MAX_PLAIN_FRAME, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, STATUS_LINK_UP, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
     TUN_F_TSO_ECN, TX_QUEUE, VNET_HDR_SIZE, NetError,
 )
+from .. import _queue
+from . import _fast
 from .metrics import NetMetrics
 from .persist import NetState
 from .tap import configure, open_tap
@@ -57,7 +62,7 @@ class NetDevice(VirtioDevice):
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
         self._bounce = memoryview(bytearray(MAX_FRAME))
-        self._pending: bytes | None = None  # a frame waiting for more rx buffers (MRG_RXBUF)
+        self._partial: _Partial | None = None  # a frame waiting for more rx buffers (MRG_RXBUF)
 
     def config_space(self) -> bytes:
         # virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu
@@ -132,121 +137,159 @@ class NetDevice(VirtioDevice):
         q, wait = act.queues[TX_QUEUE], None
         if q is None or self.tx_blocked:
             return None
-        while (chain := self.pop_valid(q)) is not None:
-            n = chain.readable_len
-            if n < VNET_HDR_SIZE or n > MAX_FRAME or chain.writable:
-                self.metrics.tx_malformed += 1
-                q.add_used(chain.head, 0)
-                continue
-            if self.tx_limiter is not None and not self.tx_limiter.consume(n - VNET_HDR_SIZE):
-                self.metrics.tx_throttled += 1
-                q.undo_pop()
-                wait = self.tx_limiter.wait_time(n - VNET_HDR_SIZE)
+        # The C path (no limiter to consult per frame) stops at the first chain it cannot take.
+        fast = self.tx_limiter is None and isinstance(q, _queue.SplitQueue)
+        while True:
+            if fast:
+                stop, packets, nbytes, errors = _fast.tx(q, self.tap_fd)
+                self._count(packets, nbytes, errors, tx=True)
+                if stop == _fast.STOP_EMPTY:
+                    break
+                if stop == _fast.STOP_BLOCKED:
+                    self.tx_blocked = True
+                    break
+            chain = self.pop_valid(q)
+            if chain is None:
                 break
-            try:
-                os.writev(self.tap_fd, chain.readable)
-            except BlockingIOError:
-                q.undo_pop()
-                self.tx_blocked = True
+            wait = self._tx_frame(q, chain)
+            if wait is not None or self.tx_blocked:
                 break
-            except OSError:
-                self.metrics.tap_errors += 1  # e.g. the TAP is down: the frame is lost, as on a wire
-            else:
-                self.metrics.tx_packets += 1
-                self.metrics.tx_bytes += n - VNET_HDR_SIZE
-            q.add_used(chain.head, 0)
         if q.needs_notification():
             act.signal_used(TX_QUEUE)
         return wait
 
+    def _tx_frame(self, q, chain) -> float | None:
+        """One tx chain the Python way; seconds to wait if the limiter says so."""
+        n = chain.readable_len
+        if n < VNET_HDR_SIZE or n > MAX_FRAME or chain.writable:
+            self.metrics.tx_malformed += 1
+            q.add_used(chain.head, 0)
+            return None
+        if self.tx_limiter is not None and not self.tx_limiter.consume(n - VNET_HDR_SIZE):
+            self.metrics.tx_throttled += 1
+            q.undo_pop()
+            return self.tx_limiter.wait_time(n - VNET_HDR_SIZE)
+        try:
+            os.writev(self.tap_fd, chain.readable)
+        except BlockingIOError:
+            q.undo_pop()
+            self.tx_blocked = True
+            return None
+        except OSError:
+            self.metrics.tap_errors += 1  # e.g. the TAP is down: the frame is lost, as on a wire
+        else:
+            self._count(1, n - VNET_HDR_SIZE, 0, tx=True)
+        q.add_used(chain.head, 0)
+        return None
+
+    def _count(self, packets: int, nbytes: int, errors: int, tx: bool) -> None:
+        m = self.metrics
+        if tx:
+            m.tx_packets += packets
+            m.tx_bytes += nbytes
+        else:
+            m.rx_packets += packets
+            m.rx_bytes += nbytes
+        m.tap_errors += errors
+
     def _rx(self, act: Activated) -> float | None:
         q, wait = act.queues[RX_QUEUE], None
-        if q is None or not (self.tap_readable or self._pending):
+        if q is None or not (self.tap_readable or self._partial):
             return None
+        # The C path: mergeable buffers and no limiter to consult per frame.
+        fast = (self.rx_limiter is None and self.has_feature(F_MRG_RXBUF)
+                and isinstance(q, _queue.SplitQueue))
         while True:
+            if self._partial is not None:
+                if not self._rx_continue(q):
+                    self.rx_room = False  # every posted buffer is taken: the guest's next one kicks us
+                    break
+                continue
+            if not self.tap_readable:
+                break
+            if fast:
+                stop, packets, nbytes, errors = _fast.rx(q, self.tap_fd, self._max_frame())
+                self._count(packets, nbytes, errors, tx=False)
+                if stop == _fast.STOP_EMPTY:
+                    self.rx_room = False
+                    break
+                if stop == _fast.STOP_BLOCKED:
+                    self.tap_readable = False
+                    break
+                # STOP_SLOW: this frame the Python way (too little room, or an odd chain)
             if self.rx_limiter is not None and self.rx_limiter.blocked():
                 self.metrics.rx_throttled += 1
                 wait = self.rx_limiter.wait_time(1)
                 break
-            chains, room = self._rx_chains(q)
-            if not chains:
+            chain = self._rx_chain(q)
+            if chain is None:
                 self.rx_room = False
                 break
-            n = self._rx_frame(q, chains, room)
-            if n is None:
-                break
-            self._rx_used(q, chains, n)
-            if self.rx_limiter is not None:
-                self.rx_limiter.charge(max(0, n - VNET_HDR_SIZE))
+            self._rx_frame(q, chain)
         if q.needs_notification():
             act.signal_used(RX_QUEUE)
         return wait
 
-    def _rx_frame(self, q, chains: list, room: int) -> int | None:
-        """Put one frame into `chains`; its length, or None (chains given back) if there
-        is no frame or it does not fit yet. Straight from the TAP into guest buffers when
-        they can hold any frame; else through a bounce buffer, as the size is unknown."""
-        frame = self._pending
-        if frame is None:
-            direct = room >= self._max_frame() or not self.has_feature(F_MRG_RXBUF)
-            try:
-                if direct:
-                    return os.readv(self.tap_fd, [v for c in chains for v in c.writable])
-                frame = self._bounce[:os.readv(self.tap_fd, [self._bounce])]
-            except OSError as e:
-                if not isinstance(e, BlockingIOError):
-                    self.metrics.tap_errors += 1
-                q.undo_pop(len(chains))
-                self.tap_readable = False
-                return None
-        if len(frame) > room:
-            self._pending = bytes(frame)  # wait for the guest to post more buffers
-            q.undo_pop(len(chains))
-            self.rx_room = False
-            return None
-        self._pending = None
-        off = 0
-        for c in chains:
-            off += c.write(0, frame[off:off + c.writable_len])
-        return len(frame)
+    def _rx_frame(self, q, chain) -> None:
+        """Read one frame straight into `chain`'s buffers; what does not fit lands in the
+        bounce buffer and goes into further chains (MRG_RXBUF) by `_rx_continue`."""
+        try:
+            n = os.readv(self.tap_fd, chain.writable + [self._bounce])
+        except OSError as e:
+            if not isinstance(e, BlockingIOError):
+                self.metrics.tap_errors += 1
+            q.undo_pop()  # nothing was read: the chain stays first in line
+            self.tap_readable = False
+            return
+        room = chain.writable_len
+        if n <= room:
+            self._rx_done(q, [chain], [n], n)
+        elif not self.has_feature(F_MRG_RXBUF):
+            self.metrics.rx_truncated += 1  # bigger than the guest's one buffer: dropped, as a NIC would
+            q.undo_pop()
+        else:
+            self._partial = _Partial([chain], [room], n, self._bounce[:n - room])
 
-    def _max_frame(self) -> int:
-        tso = self.has_feature(F_GUEST_TSO4) or self.has_feature(F_GUEST_TSO6)
-        return MAX_FRAME if tso else MAX_PLAIN_FRAME
-
-    def _rx_chains(self, q) -> tuple[list, int]:
-        """Chains for one frame: one, or with MRG_RXBUF up to what a largest frame needs."""
-        need = self._max_frame()
-        chains, room = [], 0
-        while room < need and (not chains or self.has_feature(F_MRG_RXBUF)):
-            chain = self.pop_valid(q)
+    def _rx_continue(self, q) -> bool:
+        """Spread the rest of a partly delivered frame over more chains; False while the
+        guest has not posted enough (the frame waits, nothing more is read from the TAP)."""
+        p = self._partial
+        while p.done < len(p.rest):
+            chain = self._rx_chain(q)
             if chain is None:
-                break
-            if chain.writable_len < VNET_HDR_SIZE or chain.readable:
-                if chains:  # leave it first in line; it is handed back empty next time
-                    q.undo_pop()
-                    break
-                q.add_used(chain.head, 0)
-                continue
-            chains.append(chain)
-            room += chain.writable_len
-        return chains, room
+                return False
+            k = chain.write(0, p.rest[p.done:p.done + chain.writable_len])
+            p.chains.append(chain)
+            p.lengths.append(k)
+            p.done += k
+        self._partial = None
+        self._rx_done(q, p.chains, p.lengths, p.total)
+        return True
 
-    def _rx_used(self, q, chains: list, n: int) -> None:
-        """Return the chains a frame of `n` bytes filled; put unused ones back."""
-        lengths, left = [], n
-        for c in chains:
-            if left <= 0:
-                break
-            lengths.append(min(left, c.writable_len))
-            left -= lengths[-1]
-        chains[0].write(NUM_BUFFERS_OFFSET, len(lengths).to_bytes(2, "little"))
-        if len(chains) > len(lengths):
-            q.undo_pop(len(chains) - len(lengths))
+    def _rx_chain(self, q):
+        """The next usable rx chain (device-writable, room for the vnet header), or None.
+        Unusable ones are handed back empty."""
+        while (chain := self.pop_valid(q)) is not None:
+            if chain.writable_len >= VNET_HDR_SIZE and not chain.readable:
+                return chain
+            self.metrics.rx_bad_buffers += 1
+            q.add_used(chain.head, 0)
+        return None
+
+    def _rx_done(self, q, chains: list, lengths: list, n: int) -> None:
+        """Return the chains a frame of `n` bytes filled, num_buffers in its header."""
+        chains[0].write(NUM_BUFFERS_OFFSET, len(chains).to_bytes(2, "little"))
         for c, length in zip(chains, lengths):
             q.add_used(c.head, length)
         self.metrics.rx_packets += 1
         self.metrics.rx_bytes += max(0, n - VNET_HDR_SIZE)
+        if self.rx_limiter is not None:
+            self.rx_limiter.charge(max(0, n - VNET_HDR_SIZE))
+
+    def _max_frame(self) -> int:
+        """The largest frame the TAP may hand us with the offloads the guest took."""
+        tso = self.has_feature(F_GUEST_TSO4) or self.has_feature(F_GUEST_TSO6)
+        return MAX_FRAME if tso else MAX_PLAIN_FRAME
 
     # -- persist ---------------------------------------------------------------------
     def save(self) -> NetState:
@@ -264,6 +307,16 @@ class NetDevice(VirtioDevice):
         dev.avail_features, dev.acked_features = state.avail_features, state.acked_features
         dev.config_generation = state.config_generation
         return dev
+
+
+class _Partial:
+    """A received frame whose head is in `chains` and whose rest (`rest`, a slice of the
+    bounce buffer) is delivered up to `done` bytes."""
+
+    __slots__ = ("chains", "lengths", "total", "rest", "done")
+
+    def __init__(self, chains: list, lengths: list, total: int, rest) -> None:
+        self.chains, self.lengths, self.total, self.rest, self.done = chains, lengths, total, rest, 0
 
 
 def _unregister(poller, fd: int) -> None:

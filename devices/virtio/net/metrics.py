@@ -12,6 +12,7 @@ class NetMetrics:
     tx_bytes: int = 0
     tx_malformed: int = 0
     rx_truncated: int = 0
+    rx_bad_buffers: int = 0
     tap_errors: int = 0
     rx_throttled: int = 0
     tx_throttled: int = 0

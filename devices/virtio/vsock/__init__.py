@@ -34,7 +34,7 @@ EVENT_TRANSPORT_RESET = 0
 CONN_BUF_ALLOC = 256 * 1024
 # Host ports handed to host-initiated streams start here (as in Firecracker).
 FIRST_LOCAL_PORT = 1 << 30
-# Longest `CONNECT <port>\n` line we accept before hanging up.
+# Longest `CONNECT <port>\n` line we accept before hanging up (read in C: _fast.MAX_LINE).
 MAX_CONNECT_LINE = 32
 
 

@@ -3,7 +3,10 @@
 Towards the guest we send at most the peer's advertised free space
 (`buf_alloc - (rx_cnt - fwd_cnt)`, u32 arithmetic); from the guest we accept at most our
 `CONN_BUF_ALLOC` unforwarded bytes, count what reaches the host socket in `fwd_cnt`
-and tell the guest with CREDIT_UPDATE once a quarter of the buffer has drained.
+and tell the guest with CREDIT_UPDATE once its view of our free space (what it sent
+minus the fwd_cnt we last told it) falls below half the buffer: a guest sending 64 KiB
+packets into 256 KiB hears once per ~192 KiB, before it runs dry, and each update costs
+the guest an interrupt.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class Connection:
         self.tx_buf = bytearray()  # guest data the host socket has not taken yet
         self.peer_shutdown = 0
         self.host_eof = False
+        self.host_hup = False  # the host peer closed its socket (POLLHUP), not just half-closed
         self.shut_wr_pending = False
 
     @property
@@ -93,4 +97,7 @@ class Connection:
         return True
 
     def wants_credit_update(self) -> bool:
-        return (self.fwd_cnt - self.last_fwd_cnt_sent) & 0xFFFFFFFF >= self.buf_alloc // 4
+        if self.fwd_cnt == self.last_fwd_cnt_sent:
+            return False  # nothing drained since the guest last heard
+        unacked = self.fwd_cnt + len(self.tx_buf) - self.last_fwd_cnt_sent  # in the guest's eyes
+        return self.buf_alloc - unacked < self.buf_alloc // 2

@@ -15,10 +15,13 @@ import time
 from ..constants import DeviceType
 from ..device import Activated, VirtioDevice, drain_eventfd
 from ..errors import ChainError, QueueCorrupt
-from . import EVENT_QUEUE, EVENT_TRANSPORT_RESET, HOST_CID, QUEUE_SIZE, RX_QUEUE, VsockError
+from . import EVENT_QUEUE, EVENT_TRANSPORT_RESET, HOST_CID, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VsockError
 from .metrics import VsockMetrics
 from .muxer import Muxer, open_listener
 from .persist import VsockState
+
+# Longest a header-only tx completion waits for an rx interrupt to ride on (seconds).
+TX_IRQ_DELAY = 0.005
 
 
 class VsockDevice(VirtioDevice):
@@ -39,6 +42,7 @@ class VsockDevice(VirtioDevice):
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
         self._reset_event_pending = False
+        self._irq_owed: float | None = None  # when a deferred tx interrupt is due
 
     def config_space(self) -> bytes:
         return struct.pack("<Q", self.guest_cid)
@@ -48,6 +52,8 @@ class VsockDevice(VirtioDevice):
         self.active = act
         self._stopping = False
         self.mux.rx_room = True
+        self.mux.tx_pending = True
+        self._irq_owed = None
         self._thread = threading.Thread(target=self._run, args=(act,), name=f"virtio-vsock cid {self.guest_cid}",
                                         daemon=True)
         self._thread.start()
@@ -87,29 +93,63 @@ class VsockDevice(VirtioDevice):
         while not self._stopping:
             registered = self._update_poll(poller, registered)
             deadline = self.mux.next_deadline()
-            timeout = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
-            for fd, events in poller.poll(timeout):
+            for fd, events in poller.poll(self._timeout_ms(deadline)):
                 if fd == self._wake or fd in fixed:
                     drain_eventfd(fd)
                     if fixed.get(fd) == RX_QUEUE:
                         self.mux.rx_room = True
+                    elif fixed.get(fd) == TX_QUEUE:
+                        self.mux.tx_pending = True
                 elif fd in registered:
                     self.mux.on_ready(fd, events)
             if self._stopping:
                 return
             try:
-                if deadline is not None:
-                    self.mux.expire(time.monotonic())
-                if self._reset_event_pending:
-                    self._send_reset_event(act)
-                self.mux.process_tx(act)
-                self.mux.process_rx(act)
+                # At once, before the poll set is rebuilt: the guest's handler reads and
+                # acks the interrupt status in C on the vCPU thread (devices/virtio/_mmio.pyx),
+                # so it no longer waits for this thread to let go of the GIL.
+                if self._turn(act, deadline):
+                    act.signal_used(RX_QUEUE)
             except QueueCorrupt as e:
                 act.fail(e)
                 return
 
+    def _turn(self, act: Activated, deadline: float | None) -> bool:
+        """One round of work after a wake-up; True to raise one interrupt for all of it:
+        virtio-mmio has one interrupt line and the driver's handler looks at every queue,
+        and each interrupt costs the guest two register exits. Completed tx packets that
+        were only headers (RESPONSE, RST, CREDIT_UPDATE...) hold nothing the guest waits
+        for: their interrupt rides on the next rx one, or comes TX_IRQ_DELAY later."""
+        if deadline is not None and deadline <= time.monotonic():
+            self.mux.expire(time.monotonic())
+        notify = False
+        if self._reset_event_pending:
+            notify = self._send_reset_event(act)
+        tx = self.mux.process_tx(act) if self.mux.tx_pending else False
+        notify |= self.mux.process_rx(act)
+        if tx and not notify and not self.mux.tx_data:
+            if self._irq_owed is None:
+                self._irq_owed = time.monotonic() + TX_IRQ_DELAY
+            return False
+        if notify or tx or (self._irq_owed is not None and time.monotonic() >= self._irq_owed):
+            self._irq_owed = None
+            return True
+        return False
+
+    def _timeout_ms(self, deadline: float | None = None) -> int | None:
+        """Poll timeout: the next connect deadline (`deadline`, or looked up) or a
+        deferred interrupt, if any."""
+        if deadline is None:
+            deadline = self.mux.next_deadline()
+        if deadline is None and self._irq_owed is None:
+            return None
+        due = min(t for t in (deadline, self._irq_owed) if t is not None)
+        return max(0, int((due - time.monotonic()) * 1000) + 1)
+
     def _update_poll(self, poller, registered: dict[int, int]) -> dict[int, int]:
         want = {fd: mask for fd, mask in self.mux.interest().items() if mask}
+        if want == registered:
+            return registered  # the usual turn: nothing to tell poll (one C comparison)
         for fd in registered.keys() - want.keys():
             poller.unregister(fd)
         for fd, mask in want.items():
@@ -117,22 +157,22 @@ class VsockDevice(VirtioDevice):
                 poller.register(fd, mask)
         return want
 
-    def _send_reset_event(self, act: Activated) -> None:
+    def _send_reset_event(self, act: Activated) -> bool:
+        """True if the driver wants an interrupt for it."""
         q = act.queues[EVENT_QUEUE]
         if q is None:
-            return
+            return False
         try:
             chain = q.pop()
         except ChainError as e:
             if e.head < q.size:
                 q.add_used(e.head, 0)
-            return
+            return q.needs_notification()
         if chain is None:
-            return  # retried when the guest adds an event buffer
+            return False  # retried when the guest adds an event buffer
         self._reset_event_pending = False
         q.add_used(chain.head, chain.write(0, struct.pack("<I", EVENT_TRANSPORT_RESET)))
-        if q.needs_notification():
-            act.signal_used(EVENT_QUEUE)
+        return q.needs_notification()
 
     # -- persist ---------------------------------------------------------------------
     def save(self) -> VsockState:

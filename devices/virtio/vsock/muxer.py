@@ -11,24 +11,30 @@ from __future__ import annotations
 
 import collections
 import errno
+import itertools
 import os
 import select
 import socket
 import stat
 import time
 
+from .. import _queue
 from ..device import pop_valid
 from . import (
-    CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECT_LINE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
+    CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
     OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, RX_QUEUE, SHUTDOWN_RCV, SHUTDOWN_SEND,
     TX_QUEUE, TYPE_STREAM, VsockError,
 )
+from . import _fast
 from .connection import Connection, ConnState
 from .packet import HDR_SIZE, Header
 
 MAX_STREAMS = 2048
 MAX_PENDING_CONTROL = 4096  # stop reading tx while this many replies wait for rx buffers
-CONNECT_TIMEOUT = 2.0  # seconds a host-initiated stream waits for the guest's RESPONSE
+# Seconds a host-initiated stream waits for the guest's RESPONSE. A guest without a
+# listener answers RST at once; a busy one (100 connects at once in a loaded nested lab)
+# took over 2 s, so the wait is generous.
+CONNECT_TIMEOUT = 10.0
 
 
 def open_listener(path: str) -> socket.socket:
@@ -63,6 +69,7 @@ class Muxer:
         self.listener = listener
         self.metrics = metrics
         self.conns: dict[tuple[int, int], Connection] = {}
+        self._local_ports: collections.Counter[int] = collections.Counter()  # host ports in use (no O(n) scan)
         self.by_fd: dict[int, Connection] = {}
         self.clients: dict[int, socket.socket] = {}  # accepted, waiting for `CONNECT <port>`
         self.control: collections.deque[Header] = collections.deque()
@@ -70,6 +77,10 @@ class Muxer:
         self.rx_room = True
         self.next_port = FIRST_LOCAL_PORT
         self.connecting: dict[tuple[int, int], float] = {}  # host-initiated stream -> deadline
+        self._tx_hint: tuple[int, int] | None = None  # stream of the last RW packet (C path)
+        self._tx_skip: tuple[tuple[int, int], int] | None = None  # bytes of the next packet sent
+        self.tx_pending = True  # tx packets may wait without a kick (we stopped early)
+        self.tx_data = False
 
     def next_deadline(self) -> float | None:
         return min(self.connecting.values(), default=None)
@@ -104,40 +115,40 @@ class Muxer:
             self._read_connect_line(self.clients[fd])
         elif fd in self.by_fd:
             c = self.by_fd[fd]
-            if events & select.POLLOUT and not c.flush():
-                self._reset(c)
-                return
+            if events & select.POLLOUT:
+                if not c.flush():
+                    self._reset(c)
+                    return
+                if not c.tx_buf and c.peer_shutdown == SHUTDOWN_RCV | SHUTDOWN_SEND:
+                    self._reset(c)  # a guest that closed both ways: the last of its data is out
+                    return
+                # A guest that filled our buffer is out of credit and sends nothing until
+                # told what drained: without this update both ends would wait forever.
+                if c.wants_credit_update():
+                    self._credit_update(c)
+            if events & select.POLLHUP:
+                c.host_hup = True
             if (events & (select.POLLIN | select.POLLHUP | select.POLLERR)
                     and c.state is ConnState.ESTABLISHED and not c.host_eof):
                 self.rx_ready[c.key] = c
 
     # -- host side: new streams ------------------------------------------------------
     def _accept(self) -> None:
-        while True:
-            try:
-                s, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            s.setblocking(False)
-            self.clients[s.fileno()] = s
+        for fd in _fast.accept_clients(self.listener.fileno()):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            self.clients[fd] = s
+            # A client usually sends `CONNECT <port>` with its connect: take it now rather
+            # than a poll round later (connect latency).
+            self._read_connect_line(s)
 
     def _read_connect_line(self, s: socket.socket) -> None:
-        try:
-            peek = s.recv(MAX_CONNECT_LINE, socket.MSG_PEEK)
-        except BlockingIOError:
+        port = _fast.read_connect(s.fileno())
+        if port == _fast.CONNECT_PENDING:
             return
-        except OSError:
-            peek = b""
-        nl = peek.find(b"\n")
-        if nl < 0:
-            if not peek or len(peek) >= MAX_CONNECT_LINE:
-                self._drop_client(s)
+        if port == _fast.CONNECT_GONE:
+            self._drop_client(s)
             return
-        line = s.recv(nl + 1)
-        port = _parse_connect(line)
-        if port is None or len(self.conns) >= MAX_STREAMS:
+        if port == _fast.CONNECT_BAD or len(self.conns) >= MAX_STREAMS:
             self.metrics.connect_failures += 1
             self._drop_client(s)
             return
@@ -157,16 +168,20 @@ class Muxer:
         while True:
             port = self.next_port
             self.next_port = FIRST_LOCAL_PORT if self.next_port >= 0xFFFFFFFF else self.next_port + 1
-            if not any(k[0] == port for k in self.conns):
+            if port not in self._local_ports:
                 return port
 
     def _add(self, c: Connection) -> None:
         self.conns[c.key] = c
+        self._local_ports[c.local_port] += 1
         self.by_fd[c.sock.fileno()] = c
         self.metrics.open_streams = len(self.conns)
 
     def _remove(self, c: Connection) -> None:
-        self.conns.pop(c.key, None)
+        if self.conns.pop(c.key, None) is not None:
+            self._local_ports[c.local_port] -= 1
+            if not self._local_ports[c.local_port]:
+                del self._local_ports[c.local_port]
         self.connecting.pop(c.key, None)
         self.by_fd.pop(c.sock.fileno(), None)
         self.rx_ready.pop(c.key, None)
@@ -194,26 +209,92 @@ class Muxer:
     def _count_invalid_packet(self) -> None:
         self.metrics.invalid_packets += 1
 
-    def process_tx(self, act) -> None:
+    def process_tx(self, act) -> bool:
+        """Take the guest's tx packets. True if the driver wants an interrupt for them
+        (the caller raises one for the whole turn: virtio-mmio has one line)."""
         q = act.queues[TX_QUEUE]
         if q is None:
-            return
-        while len(self.control) < MAX_PENDING_CONTROL:
+            return False
+        fast = isinstance(q, _queue.SplitQueue)
+        self.tx_pending = False
+        self.tx_data = False  # whether this call moved stream data (see device._turn)
+        while True:
+            if len(self.control) >= MAX_PENDING_CONTROL:
+                self.tx_pending = True  # resumed once the guest has taken our replies
+                break
+            if fast:
+                how = self._tx_turn_fast(q)
+                if how == "again":
+                    continue
+                if how == "empty":
+                    break
             chain = pop_valid(q, self._count_invalid_packet)
             if chain is None:
                 break
             self._tx_packet(chain)
             q.add_used(chain.head, 0)
-        if q.needs_notification():
-            act.signal_used(TX_QUEUE)
+        return q.needs_notification()
+
+    def _tx_turn_fast(self, q) -> str:
+        """The C paths of one tx turn: "again" if packets were taken, "empty" if the queue
+        is, "python" to leave the next packet to pop() (a partly sent packet's rest, a
+        chain the C side does not take)."""
+        if self._tx_fast(q):
+            return "again"
+        if self._tx_skip is not None:
+            return "python"  # the rest of a packet the socket took in part: buffered there
+        room = min(64, MAX_PENDING_CONTROL - len(self.control))
+        stop, headers, ports = _fast.tx_headers(q, room)
+        for fields in headers:
+            self._tx_header(Header(*fields), None)
+        if headers:
+            return "again"
+        if stop == _fast.STOP_EMPTY:
+            return "empty"
+        if stop == _fast.STOP_DATA and self._tx_hint != (ports[1], ports[0]):
+            self._tx_hint = (ports[1], ports[0])  # data of another stream: its C path
+            if self._tx_fast(q):
+                return "again"
+        return "python"
+
+    def _tx_fast(self, q) -> bool:
+        """RW packets of the stream the last one belonged to, sent to its socket in C
+        (_fast.tx_stream). True if any were consumed; False leaves the next packet to
+        the Python path (another stream or op, a socket that took a packet in part)."""
+        c = self.conns.get(self._tx_hint) if self._tx_hint is not None else None
+        if c is None or c.state is not ConnState.ESTABLISHED or c.tx_buf or c.shut_wr_pending:
+            return False
+        stop, packets, nbytes, partial, buf_alloc, fwd_cnt = _fast.tx_stream(
+            q, c.sock.fileno(), self.guest_cid, c.peer_port, c.local_port, c.buf_alloc)
+        if packets:
+            self.tx_data = True
+            self._peer_credit(c, buf_alloc, fwd_cnt)
+            c.fwd_cnt += nbytes
+            self.metrics.tx_packets += packets
+            self.metrics.tx_bytes += nbytes
+            if c.wants_credit_update():
+                self._credit_update(c)
+        if stop == _fast.STOP_BLOCKED:
+            self._tx_skip = (c.key, partial)  # the Python path buffers the rest of that packet
+            c.fwd_cnt += partial
+            return False
+        return packets > 0
 
     def _tx_packet(self, chain) -> None:
         if chain.readable_len < HDR_SIZE:
             self.metrics.invalid_packets += 1
             return
         h = Header.unpack(chain.read(0, HDR_SIZE))
-        if h.len > chain.readable_len - HDR_SIZE or h.src_cid != self.guest_cid or h.dst_cid != HOST_CID \
-                or h.type != TYPE_STREAM:
+        if h.len > chain.readable_len - HDR_SIZE:
+            self.metrics.invalid_packets += 1
+            if h.op != OP_RST:
+                self._rst_for(h)
+            return
+        self._tx_header(h, chain)
+
+    def _tx_header(self, h: Header, chain) -> None:
+        """One tx packet; `chain` holds its payload (None: a header-only packet)."""
+        if h.src_cid != self.guest_cid or h.dst_cid != HOST_CID or h.type != TYPE_STREAM:
             self.metrics.invalid_packets += 1
             if h.op != OP_RST:
                 self._rst_for(h)
@@ -230,8 +311,16 @@ class Muxer:
             if h.op != OP_RST:
                 self._rst_for(h)
             return
-        c.update_peer_credit(h.buf_alloc, h.fwd_cnt)
+        self._peer_credit(c, h.buf_alloc, h.fwd_cnt)
         self._tx_op(c, h, chain)
+
+    def _peer_credit(self, c: Connection, buf_alloc: int, fwd_cnt: int) -> None:
+        """The guest's credit fields; a stream that had run out reads its socket this very
+        turn (it was left out of the poll set, so waiting for poll would cost a turn)."""
+        starved = c.peer_credit() <= 0
+        c.update_peer_credit(buf_alloc, fwd_cnt)
+        if starved and c.state is ConnState.ESTABLISHED and not c.host_eof and c.peer_credit() > 0:
+            self.rx_ready[c.key] = c
 
     def _tx_op(self, c: Connection, h: Header, chain) -> None:
         if h.op == OP_RST:
@@ -251,7 +340,14 @@ class Muxer:
                 self._reset(c)  # data before the handshake, or beyond the credit we gave
                 return
             self.metrics.tx_bytes += h.len
-            if not c.send_to_host(chain.readable_views(HDR_SIZE, h.len)):
+            self.tx_data = True
+            skip = 0
+            if self._tx_skip is not None and self._tx_skip[0] == c.key:
+                skip = min(self._tx_skip[1], h.len)  # sent by the C path already
+            self._tx_skip = None
+            self._tx_hint = c.key
+            views = chain.readable_views(HDR_SIZE + skip, h.len - skip) if h.len else []
+            if not c.send_to_host(views):
                 self._reset(c)
                 return
             if c.wants_credit_update():
@@ -273,7 +369,8 @@ class Muxer:
             c.shut_wr_pending = True
             c.flush()
         if c.peer_shutdown == SHUTDOWN_RCV | SHUTDOWN_SEND:
-            c.flush()
+            if c.flush() and c.tx_buf:
+                return  # its data is not all out yet: on_ready() resets once it is
             self._reset(c)  # the guest is done both ways: RST completes the close
 
     def _guest_connect(self, h: Header) -> None:
@@ -297,11 +394,28 @@ class Muxer:
         self.control.append(self._hdr(c, OP_RESPONSE))
 
     # -- host → guest (rx queue) -----------------------------------------------------
-    def process_rx(self, act) -> None:
+    def process_rx(self, act) -> bool:
+        """Fill the guest's rx buffers: control packets, then stream data. True if the
+        driver wants an interrupt for them."""
         q = act.queues[RX_QUEUE]
         if q is None or not (self.control or self.rx_ready):
-            return
+            return False
+        fast = isinstance(q, _queue.SplitQueue)
         while self.control or self.rx_ready:
+            if fast and self.control:
+                sent = _fast.rx_control(q, [h.pack() for h in itertools.islice(self.control, 64)])
+                for _ in range(sent):
+                    self.control.popleft()
+                self.metrics.rx_packets += sent
+                if sent:
+                    continue
+            elif fast:
+                how = self._rx_fast(q)
+                if how == "no-room":
+                    self.rx_room = False
+                    break
+                if how == "done":
+                    continue
             chain = pop_valid(q, self._count_invalid_packet)
             if chain is None:
                 self.rx_room = False
@@ -316,8 +430,39 @@ class Muxer:
                 break
             q.add_used(chain.head, used)
             self.metrics.rx_packets += 1
-        if q.needs_notification():
-            act.signal_used(RX_QUEUE)
+        return q.needs_notification()
+
+    def _rx_fast(self, q) -> str:
+        """Stream data for the guest in C (_fast.rx_stream), stream by stream, within each
+        stream's credit. "done": nothing more is ready; "no-room": the guest must post
+        buffers; "python": the first ready stream needs the Python path (EOF, an error,
+        a chain the C path does not take)."""
+        for key, c in list(self.rx_ready.items()):
+            credit = c.peer_credit()
+            if credit <= 0:
+                del self.rx_ready[key]
+                continue
+            header = Header(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, TYPE_STREAM, OP_RW, 0,
+                            c.buf_alloc, c.fwd_cnt).pack()
+            stop, packets, got = _fast.rx_stream(q, c.sock.fileno(), header, credit)
+            if packets:
+                c.last_fwd_cnt_sent = c.fwd_cnt  # the guest learnt our fwd_cnt from these
+                c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
+                self.metrics.rx_bytes += got
+                self.metrics.rx_packets += packets
+            if stop == _fast.STOP_EMPTY:
+                return "no-room"
+            if stop in (_fast.STOP_BLOCKED, _fast.STOP_CREDIT):
+                del self.rx_ready[key]
+                continue
+            if stop == _fast.STOP_EOF:
+                self._host_eof(c)
+                return "done"  # the SHUTDOWN waits in `control`
+            if stop == _fast.STOP_ERROR:
+                self._reset(c)
+                return "done"
+            return "python"
+        return "done"
 
     def _fill(self, chain) -> int | None:
         """Write one packet into `chain`; None if nothing could be sent after all."""
@@ -340,16 +485,26 @@ class Muxer:
             except OSError:
                 self._reset(c)
                 return self._fill(chain) if self.control else None
-            if got == 0:  # host EOF: it sends no more but may still read (half-close)
-                del self.rx_ready[key]
-                c.host_eof = True
-                chain.write(0, self._hdr(c, OP_SHUTDOWN, 0, SHUTDOWN_SEND).pack())
+            if got == 0:
+                self._host_eof(c)
+                chain.write(0, self.control.pop().pack())
                 return HDR_SIZE
             c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
             self.metrics.rx_bytes += got
             chain.write(0, self._hdr(c, OP_RW, got).pack())
             return HDR_SIZE + got
         return None
+
+    def _host_eof(self, c: Connection) -> None:
+        """The host end sends no more. If it only half-closed it may still read:
+        SHUTDOWN(SEND). If it closed its socket (POLLHUP) it reads nothing either:
+        SHUTDOWN(SEND|RCV), as a Linux host's own vsock close() sends, so the guest's
+        kernel answers RST at once instead of waiting for its application to close and
+        then for our RST (one round trip and one interrupt less per closed stream)."""
+        self.rx_ready.pop(c.key, None)
+        c.host_eof = True
+        flags = SHUTDOWN_SEND | (SHUTDOWN_RCV if c.host_hup else 0)
+        self.control.append(self._hdr(c, OP_SHUTDOWN, 0, flags))
 
     def close_streams(self) -> None:
         """Drop every stream and pending client (device reset)."""
@@ -360,10 +515,3 @@ class Muxer:
         self.control.clear()
         self.rx_ready.clear()
 
-
-def _parse_connect(line: bytes) -> int | None:
-    parts = line.strip().split(b" ")
-    if len(parts) != 2 or parts[0] != b"CONNECT" or not parts[1].isdigit():
-        return None
-    port = int(parts[1])
-    return port if port <= 0xFFFFFFFF else None

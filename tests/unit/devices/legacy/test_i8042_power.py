@@ -1,6 +1,6 @@
 """i8042 reset and probes; the ACPI sleep/reset port; pvpanic."""
 from devices.legacy.i8042 import I8042
-from devices.legacy.power import AcpiPowerPort, PvPanic
+from devices.legacy.power import AcpiPm, AcpiReset, PvPanic
 
 
 def test_i8042_reset_command_reports_reset():
@@ -25,14 +25,39 @@ def test_i8042_self_test_and_command_byte():
     assert restored.state == kbd.state
 
 
-def test_acpi_sleep_port_tells_poweroff_from_reset():
+def test_pm1_control_sleep_type_5_with_slp_en_is_poweroff():
     events = []
-    pm = AcpiPowerPort(events.append)
-    pm.write(0, 1, (5 << 2) | (1 << 5))    # what Linux writes for S5 with \_S5 = 5
-    pm.write(0, 1, 1)                        # the FADT reset value
-    pm.write(0, 1, (3 << 2) | (1 << 5))    # S3: not ours, ignored
-    assert events == ["poweroff", "reboot"]
-    assert pm.read(0, 1) == 0
+    pm = AcpiPm(events.append)
+    cnt = pm.control_block
+    assert cnt.read(0, 2) & 1                       # SCI_EN: always in ACPI mode
+    cnt.write(0, 2, (5 << 10) | 1)                  # ACPICA writes SLP_TYP first...
+    assert events == []
+    cnt.write(0, 2, (5 << 10) | (1 << 13) | 1)      # ...then with SLP_EN
+    assert events == ["poweroff"]
+    cnt.write(0, 2, (3 << 10) | (1 << 13))          # S3: not offered, ignored
+    assert events == ["poweroff"]
+    assert not cnt.read(0, 2) & (1 << 13)           # SLP_EN is write-only
+    cnt.write(1, 1, (5 << 2) | (1 << 5))            # the same as a byte write to the high half
+    assert events == ["poweroff", "poweroff"]
+
+
+def test_pm1_event_block_status_reads_clear_and_enable_sticks():
+    pm = AcpiPm(lambda e: None)
+    evt = pm.event_block
+    evt.write(0, 2, 0xFFFF)                          # write-1-to-clear status
+    assert evt.read(0, 2) == 0
+    evt.write(2, 2, 0x0121)
+    assert evt.read(2, 2) == 0x0121 and evt.read(0, 4) == 0x0121 << 16
+    restored = AcpiPm.restore(pm.save(), lambda e: None)
+    assert restored.state == pm.state
+
+
+def test_acpi_reset_register():
+    events = []
+    r = AcpiReset(events.append)
+    r.write(0, 1, 2)
+    r.write(0, 1, 1)
+    assert events == ["reboot"] and r.read(0, 1) == 0
 
 
 def test_pvpanic():

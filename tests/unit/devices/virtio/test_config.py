@@ -36,5 +36,17 @@ def test_vsock_specs():
 def test_balloon_specs():
     assert BalloonSpec.parse(None) == BalloonSpec(0)
     assert BalloonSpec.parse("256").target_mib == 256
-    with pytest.raises(SpecError):
-        BalloonSpec.parse("lots")
+    assert BalloonSpec.parse(64) == BalloonSpec(64, reporting=True)
+    assert BalloonSpec.parse("0,reporting=off") == BalloonSpec(0, reporting=False)
+    assert BalloonSpec.parse("8,reporting=on").reporting
+    for bad in ("lots", "8,reporting=maybe", "8,stats=off", ",reporting=off"):
+        with pytest.raises(SpecError):
+            BalloonSpec.parse(bad)
+
+
+def test_balloon_spec_builds_a_device_without_reporting_when_asked():
+    from devices.virtio.balloon import F_REPORTING
+    from devices.virtio.constants import bit
+
+    assert BalloonSpec.parse("0").build().avail_features & bit(F_REPORTING)
+    assert not BalloonSpec.parse("0,reporting=off").build().avail_features & bit(F_REPORTING)

@@ -300,3 +300,89 @@ def test_unanswered_host_connect_times_out(vsock, monkeypatch):
     (rst, _), = g.recv()
     assert rst.op == OP_RST and rst.src_port == req.src_port
     assert dev.metrics.connect_failures == 1
+
+
+def test_guest_stream_into_a_full_host_socket_keeps_every_byte_in_order(vsock):
+    """More guest data than the host socket holds while the host does not read: packets
+    the socket takes only in part (C path) are finished from the device's buffer, in order."""
+    dev, g, path = vsock
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_5001")
+    lst.listen()
+    lst.settimeout(10)
+    g.send(OP_REQUEST, 778, 5001)
+    conn, _ = lst.accept()
+    (resp, _), = g.recv()
+    assert resp.op == OP_RESPONSE
+    payload = bytes(range(256)) * 16 * 60 + b"end"  # ~240 KiB: more than a Unix socket buffers
+    sent = 0
+    for off in range(0, len(payload), 4096):
+        g.send(OP_RW, 778, 5001, payload[off:off + 4096])
+        sent += 1
+        g.tx.wait_used(timeout=10)
+    conn.settimeout(10)
+    got = b""
+    while len(got) < len(payload):
+        chunk = conn.recv(1 << 16)
+        assert chunk, f"EOF after {len(got)} bytes"
+        got += chunk
+    assert got == payload
+    assert dev.metrics.tx_bytes == len(payload) and dev.metrics.resets_sent == 0
+    conn.close()
+    lst.close()
+
+
+def test_guest_close_with_data_still_buffered_loses_nothing(vsock):
+    """A guest that sends more than the host socket holds and then closes both ways
+    (SHUTDOWN 3): the device's buffered rest still reaches the host, then EOF, then the
+    RST that completes the guest's close (seen in the lab: 94 KB lost of 64 MiB)."""
+    dev, g, path = vsock
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_5002")
+    lst.listen()
+    lst.settimeout(10)
+    g.send(OP_REQUEST, 779, 5002)
+    conn, _ = lst.accept()
+    (resp, _), = g.recv()
+    assert resp.op == OP_RESPONSE
+    payload = bytes(range(256)) * 16 * 60  # ~240 KiB: more than a Unix socket buffers
+    for off in range(0, len(payload), 4096):
+        g.send(OP_RW, 779, 5002, payload[off:off + 4096])
+        g.tx.wait_used(timeout=10)
+    g.send(OP_SHUTDOWN, 779, 5002, flags=3)
+    g.tx.wait_used(timeout=10)
+    time.sleep(0.2)
+    assert not [h for h, _ in g.poll() if h.op == OP_RST]  # no RST while data waits for the host
+    conn.settimeout(10)
+    got = b""
+    while chunk := conn.recv(1 << 16):
+        got += chunk
+    assert got == payload
+    (rst, _), = g.recv(match=lambda h: h.op == OP_RST)
+    assert rst.dst_port == 779 and not dev.mux.conns
+    conn.close()
+    lst.close()
+
+
+def test_draining_a_full_host_socket_returns_credit_to_the_guest():
+    """A guest out of credit sends nothing more: when the host socket drains our buffer,
+    the device must say so (CREDIT_UPDATE) or both ends wait forever."""
+    import select
+
+    from devices.virtio.vsock.connection import Connection, ConnState
+    from devices.virtio.vsock.metrics import VsockMetrics
+    from devices.virtio.vsock.muxer import Muxer
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    mux = Muxer(CID, "/nonexistent", socket.socket(socket.AF_UNIX), VsockMetrics())
+    c = Connection(a, 1 << 30, 777, ConnState.ESTABLISHED)
+    mux._add(c)
+    c.tx_buf += bytes(200 << 10)  # what the host socket could not take while the guest sent
+    mux.on_ready(a.fileno(), select.POLLOUT)
+    assert not c.tx_buf and c.fwd_cnt == 200 << 10
+    updates = [h for h in mux.control if h.op == OP_CREDIT_UPDATE]
+    assert updates and updates[-1].fwd_cnt == 200 << 10 and updates[-1].dst_port == 777
+    mux.listener.close()
+    a.close()
+    b.close()

@@ -1,0 +1,429 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""virtio-vsock's per-packet work in C, GIL released: no Python object per packet.
+
+`rx_stream(queue, fd, header, credit)`: host → guest for one established stream: one
+readv() from the stream's socket straight into the payload areas of up to MAX_CHAINS
+available rx chains (after each 44-byte header), then each filled chain gets the header
+(a template from the muxer: ports, buf_alloc, fwd_cnt, op RW) with its length. Stops at
+the credit, when the socket has nothing (EAGAIN, or a short read) or is at EOF, or when a
+chain does not fit (left for the Python path).
+
+`tx_stream(queue, fd, guest_cid, src_port, dst_port, limit)`: guest → host for one
+established stream: consecutive well-formed RW packets of that stream are sent with one
+sendmsg() per batch, payload straight from guest memory. A packet the socket takes only
+in part is left unconsumed with how much was sent, so the Python path buffers the rest.
+
+`rx_control(queue, headers)`: header-only packets (control replies) into rx chains.
+`tx_headers(queue, max)`: takes header-only tx packets (REQUEST, RESPONSE, SHUTDOWN,
+CREDIT_*, RST) and returns their fields; stops at a packet with payload and says whose.
+`accept_clients(fd)` / `read_connect(fd)`: the host side's `CONNECT <port>\n` handshake.
+Every buffer is a host pointer from the queue's translate() (checked against guest RAM).
+"""
+from libc.errno cimport errno, EAGAIN, EINTR
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+from devices.virtio._queue cimport PEEK_CHAIN, PEEK_EMPTY, SplitQueue
+
+cdef extern from "sys/uio.h" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t readv(int fd, const iovec *iov, int iovcnt)
+
+cdef extern from "sys/socket.h" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    int accept4(int fd, void *addr, void *addrlen, int flags)
+    int SOCK_NONBLOCK
+    int SOCK_CLOEXEC
+    int MSG_PEEK
+    cdef struct msghdr:
+        void *msg_name
+        unsigned int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
+
+DEF F_WRITE = 2
+DEF HDR = 44
+DEF OFF_SRC_CID = 0
+DEF OFF_DST_CID = 8
+DEF OFF_SRC_PORT = 16
+DEF OFF_DST_PORT = 20
+DEF OFF_LEN = 24
+DEF OFF_TYPE = 28
+DEF OFF_OP = 30
+DEF OFF_FLAGS = 32
+DEF OFF_BUF_ALLOC = 36
+DEF OFF_FWD_CNT = 40
+DEF OP_RW = 5
+DEF TYPE_STREAM = 1
+DEF HOST_CID = 2
+DEF MAX_IOV = 256     # iovecs per readv/sendmsg (Linux's IOV_MAX is 1024)
+DEF MAX_CHAINS = 64   # chains filled or packets sent per system call
+DEF MAX_LINE = 32     # CONNECT line (MAX_CONNECT_LINE in __init__.py)
+
+DEF S_EMPTY = 0    # no chain (rx: the guest must post buffers; tx: no packet)
+DEF S_SLOW = 1     # the next chain / packet is for the Python path
+DEF S_BLOCKED = 2  # rx: nothing to read now; tx: the socket takes no more (see `partial`)
+DEF S_EOF = 3      # rx: the host end closed (the Python path sends SHUTDOWN)
+DEF S_CREDIT = 4   # rx: the guest's credit is used up
+DEF S_ERROR = 5    # the socket failed (the Python path resets the stream)
+DEF S_DATA = 6     # tx_headers: the next packet carries payload (see the ports returned)
+DEF S_FULL = 7     # tx_headers: took `max` packets
+DEF S_OK = 100     # _rx_chain / _tx_packet: the chain is for C
+STOP_EMPTY, STOP_SLOW, STOP_BLOCKED, STOP_EOF, STOP_CREDIT, STOP_ERROR, STOP_DATA, STOP_FULL = (
+    S_EMPTY, S_SLOW, S_BLOCKED, S_EOF, S_CREDIT, S_ERROR, S_DATA, S_FULL)
+# read_connect() results besides a port
+CONNECT_PENDING, CONNECT_BAD, CONNECT_GONE = -1, -2, -3
+CONNECT_MAX_LINE = MAX_LINE
+
+
+cdef int _rx_chain(SplitQueue q, uint16_t ahead, iovec *iov, int *niov, uint32_t want,
+                   uint16_t *head, uint8_t **first, uint32_t *cap) noexcept nogil:
+    """Add rx chain `ahead`'s payload areas (at most `want` bytes) to iov[niov...].
+    S_OK: added (cap = its payload bytes); else the S_* reason it was not."""
+    cdef uint32_t count, i, room, take, start = niov[0]
+    cdef uint8_t *p
+    cdef int rc = q.peek_at(ahead, head, &count)
+    if rc != PEEK_CHAIN:
+        return S_EMPTY if rc == PEEK_EMPTY else S_SLOW
+    if count > MAX_IOV - start or q._lens[0] < HDR or not q._flags[0] & F_WRITE:
+        return S_SLOW
+    first[0] = q.translate(q._addrs[0], q._lens[0])
+    if first[0] == NULL:
+        return S_SLOW
+    cap[0] = 0
+    room = q._lens[0] - HDR
+    if room and want:
+        take = room if room < want else want
+        iov[niov[0]].iov_base = first[0] + HDR
+        iov[niov[0]].iov_len = take
+        niov[0] += 1
+        want -= take
+        cap[0] += take
+    for i in range(1, count):
+        p = q.translate(q._addrs[i], q._lens[i])
+        if p == NULL or not q._flags[i] & F_WRITE:
+            niov[0] = start
+            return S_SLOW
+        if want and q._lens[i]:
+            take = q._lens[i] if q._lens[i] < want else want
+            iov[niov[0]].iov_base = p
+            iov[niov[0]].iov_len = take
+            niov[0] += 1
+            want -= take
+            cap[0] += take
+    if cap[0] == 0:
+        niov[0] = start
+        return S_SLOW  # no room for data: the Python path judges
+    return S_OK
+
+
+def rx_stream(SplitQueue q, int fd, bytes header, uint32_t credit):
+    """Returns (stop, packets, bytes)."""
+    cdef iovec iov[MAX_IOV]
+    cdef uint16_t heads[MAX_CHAINS]
+    cdef uint8_t *firsts[MAX_CHAINS]
+    cdef uint32_t caps[MAX_CHAINS]
+    cdef uint8_t hdr[HDR]
+    cdef uint32_t want, length, asked, got
+    cdef int rc, niov, nch, i, stop = S_EMPTY
+    cdef ssize_t r
+    cdef uint64_t packets = 0, total = 0
+    if len(header) != HDR:
+        raise ValueError("a vsock header is 44 bytes")
+    memcpy(hdr, <const char *>header, HDR)
+    with nogil:
+        while True:
+            if credit == 0:
+                stop = S_CREDIT
+                break
+            nch, niov, want, rc = 0, 0, credit, 0
+            while nch < MAX_CHAINS and want:
+                rc = _rx_chain(q, nch, iov, &niov, want, &heads[nch], &firsts[nch], &caps[nch])
+                if rc != S_OK:
+                    break
+                want -= caps[nch]
+                nch += 1
+            if nch == 0:
+                stop = rc
+                break
+            asked = credit - want
+            r = readv(fd, iov, niov)
+            while r < 0 and errno == EINTR:
+                r = readv(fd, iov, niov)
+            if r < 0:
+                stop = S_BLOCKED if errno == EAGAIN else S_ERROR
+                break
+            if r == 0:
+                stop = S_EOF
+                break
+            got = <uint32_t>r
+            credit -= got
+            total += got
+            for i in range(nch):
+                if r == 0:
+                    break
+                length = caps[i] if caps[i] < r else <uint32_t>r
+                r -= length
+                memcpy(hdr + OFF_LEN, &length, 4)
+                memcpy(firsts[i], hdr, HDR)
+                q.consume()
+                q.put_used(heads[i], HDR + length)
+                packets += 1
+            if got < asked:
+                stop = S_BLOCKED  # a short read: the socket is drained for now (poll says when not)
+                break
+    return stop, packets, total
+
+
+cdef int _tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, iovec *iov,
+                    int *niov) noexcept nogil:
+    """Peek tx chain `ahead`: its header into `hdr`, its payload (the header's length,
+    which must be there) onto iov[niov...]. S_OK, or the S_* reason it is not for C."""
+    cdef uint32_t count, i, length, start = niov[0]
+    cdef uint64_t have = 0, skip = HDR
+    cdef uint8_t *p
+    cdef int rc = q.peek_at(ahead, head, &count)
+    if rc != PEEK_CHAIN:
+        return S_EMPTY if rc == PEEK_EMPTY else S_SLOW
+    if count > MAX_IOV - start or q._lens[0] < HDR or q._flags[0] & F_WRITE:
+        return S_SLOW
+    p = q.translate(q._addrs[0], q._lens[0])
+    if p == NULL:
+        return S_SLOW
+    memcpy(hdr, p, HDR)
+    memcpy(&length, hdr + OFF_LEN, 4)
+    for i in range(count):
+        if i:
+            p = q.translate(q._addrs[i], q._lens[i])
+        if p == NULL or q._flags[i] & F_WRITE:
+            niov[0] = start
+            return S_SLOW
+        if q._lens[i] > skip and have < length:
+            iov[niov[0]].iov_base = p + skip
+            iov[niov[0]].iov_len = q._lens[i] - skip
+            if iov[niov[0]].iov_len > length - have:
+                iov[niov[0]].iov_len = length - have
+            have += iov[niov[0]].iov_len
+            niov[0] += 1
+        skip = skip - q._lens[i] if skip > q._lens[i] else 0
+    if have != length:
+        niov[0] = start
+        return S_SLOW  # the header claims more than the chain holds: the Python path judges
+    return S_OK
+
+
+cdef struct Header:  # packet.Header's fields, in its order
+    uint64_t src_cid, dst_cid
+    uint32_t src_port, dst_port, len
+    uint16_t type, op
+    uint32_t flags, buf_alloc, fwd_cnt
+
+
+cdef void _decode(const uint8_t *hdr, Header *h) noexcept nogil:
+    """The little-endian wire header (virtio_vsock.h) into `h` (x86: no swaps)."""
+    memcpy(&h.src_cid, hdr + OFF_SRC_CID, 8)
+    memcpy(&h.dst_cid, hdr + OFF_DST_CID, 8)
+    memcpy(&h.src_port, hdr + OFF_SRC_PORT, 4)
+    memcpy(&h.dst_port, hdr + OFF_DST_PORT, 4)
+    memcpy(&h.len, hdr + OFF_LEN, 4)
+    memcpy(&h.type, hdr + OFF_TYPE, 2)
+    memcpy(&h.op, hdr + OFF_OP, 2)
+    memcpy(&h.flags, hdr + OFF_FLAGS, 4)
+    memcpy(&h.buf_alloc, hdr + OFF_BUF_ALLOC, 4)
+    memcpy(&h.fwd_cnt, hdr + OFF_FWD_CNT, 4)
+
+
+cdef bint _is_rw_of(uint8_t *hdr, uint64_t guest_cid, uint32_t src_port, uint32_t dst_port,
+                    uint64_t limit) noexcept nogil:
+    cdef Header h
+    _decode(hdr, &h)
+    return (h.op == OP_RW and h.type == TYPE_STREAM and h.src_cid == guest_cid and h.dst_cid == HOST_CID
+            and h.src_port == src_port and h.dst_port == dst_port and h.len <= limit)
+
+
+def tx_stream(SplitQueue q, int fd, uint64_t guest_cid, uint32_t src_port, uint32_t dst_port, uint64_t limit):
+    """`limit`: the most payload one packet may carry (our credit). Returns (stop, packets,
+    bytes, partial, buf_alloc, fwd_cnt): `partial` bytes of the unconsumed next packet
+    already went to the socket (S_BLOCKED); buf_alloc/fwd_cnt are the guest's credit
+    fields of the last packet consumed (0, 0 if none)."""
+    cdef iovec iov[MAX_IOV]
+    cdef msghdr msg
+    cdef uint8_t hdr[HDR]
+    cdef uint16_t heads[MAX_CHAINS]
+    cdef uint32_t lens[MAX_CHAINS]
+    cdef uint32_t bufs[MAX_CHAINS]
+    cdef uint32_t fwds[MAX_CHAINS]
+    cdef uint32_t buf_alloc = 0, fwd_cnt = 0
+    cdef uint64_t packets = 0, total = 0, partial = 0, batch, sent
+    cdef int rc, n, niov, i, start, stop = S_EMPTY
+    cdef ssize_t r
+    with nogil:
+        while True:
+            n, niov, batch, rc = 0, 0, 0, 0
+            while n < MAX_CHAINS:
+                start = niov
+                rc = _tx_packet(q, n, hdr, &heads[n], iov, &niov)
+                if rc != S_OK:
+                    break
+                if not _is_rw_of(hdr, guest_cid, src_port, dst_port, limit):
+                    niov = start  # not ours to send: leave its payload out of the batch
+                    rc = S_SLOW  # another stream or op, or beyond our credit: the Python path
+                    break
+                memcpy(&lens[n], hdr + OFF_LEN, 4)
+                memcpy(&bufs[n], hdr + OFF_BUF_ALLOC, 4)
+                memcpy(&fwds[n], hdr + OFF_FWD_CNT, 4)
+                batch += lens[n]
+                n += 1
+            if n == 0:
+                stop = rc
+                break
+            r = 0
+            if batch:
+                msg.msg_name = NULL
+                msg.msg_namelen = 0
+                msg.msg_iov = iov
+                msg.msg_iovlen = niov
+                msg.msg_control = NULL
+                msg.msg_controllen = 0
+                msg.msg_flags = 0
+                r = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+                while r < 0 and errno == EINTR:
+                    r = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+                if r < 0 and errno != EAGAIN:
+                    stop = S_ERROR
+                    break
+                if r < 0:
+                    r = 0
+            sent = <uint64_t>r
+            for i in range(n):
+                if sent < lens[i]:
+                    break
+                sent -= lens[i]
+                buf_alloc, fwd_cnt = bufs[i], fwds[i]
+                q.consume()
+                q.put_used(heads[i], 0)
+                packets += 1
+                total += lens[i]
+            else:
+                if rc != S_OK:
+                    stop = rc  # the batch ended at an empty queue or a packet not for us
+                    break
+                continue
+            stop = S_BLOCKED
+            partial = sent
+            break
+    return stop, packets, total, partial, buf_alloc, fwd_cnt
+
+
+def rx_control(SplitQueue q, list headers):
+    """Header-only packets (44-byte bytes each) into the next rx chains, in order.
+    Returns how many were delivered; the rest wait for buffers or the Python path."""
+    cdef uint16_t head
+    cdef uint32_t count
+    cdef uint8_t *p
+    cdef int done = 0
+    cdef bytes h
+    for h in headers:
+        if len(h) != HDR:
+            raise ValueError("a vsock header is 44 bytes")
+        if q.peek(&head, &count) != PEEK_CHAIN or q._lens[0] < HDR or not q._flags[0] & F_WRITE:
+            break
+        p = q.translate(q._addrs[0], q._lens[0])
+        if p == NULL:
+            break
+        memcpy(p, <const char *>h, HDR)
+        q.consume()
+        q.put_used(head, HDR)
+        done += 1
+    return done
+
+
+def tx_headers(SplitQueue q, int limit):
+    """Take up to `limit` header-only tx packets (length 0, well-formed chains).
+    Returns (stop, headers, ports): each header the 10 fields of packet.Header; on S_DATA
+    `ports` is (src_port, dst_port) of the packet with payload that ended the run."""
+    cdef iovec iov[MAX_IOV]
+    cdef uint8_t hdr[HDR]
+    cdef uint16_t head
+    cdef Header h
+    cdef int niov, rc
+    out = []
+    while len(out) < limit:
+        niov = 0
+        rc = _tx_packet(q, 0, hdr, &head, iov, &niov)
+        if rc != S_OK:
+            return rc, out, None
+        _decode(hdr, &h)
+        if h.len:
+            return S_DATA, out, (h.src_port, h.dst_port)
+        q.consume()
+        q.put_used(head, 0)
+        out.append((h.src_cid, h.dst_cid, h.src_port, h.dst_port, h.len, h.type, h.op, h.flags,
+                    h.buf_alloc, h.fwd_cnt))
+    return S_FULL, out, None
+
+
+def accept_clients(int fd):
+    """Every pending connection on listener `fd` (non-blocking, close-on-exec fds).
+    Returns the list of new fds; stops at EAGAIN or any other error (retried next poll)."""
+    cdef int c
+    out = []
+    while True:
+        with nogil:
+            c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            while c < 0 and errno == EINTR:
+                c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if c < 0:
+            return out
+        out.append(c)
+
+
+cdef bint _space(uint8_t c) noexcept nogil:
+    return c == 32 or 9 <= c <= 13  # what bytes.strip() strips
+
+
+def read_connect(int fd):
+    """Take a `CONNECT <port>\\n` line from client `fd`, and nothing after it. Returns the
+    port, CONNECT_PENDING (no whole line yet), CONNECT_GONE (closed, failed, or no line
+    in MAX_LINE bytes) or CONNECT_BAD (a line, but not that one); on the last two the
+    caller hangs up."""
+    cdef uint8_t buf[MAX_LINE]
+    cdef ssize_t r
+    cdef int nl = -1, i, a, b
+    cdef uint64_t port = 0
+    with nogil:
+        r = recv(fd, buf, MAX_LINE, MSG_PEEK | MSG_DONTWAIT)
+    if r < 0:
+        return CONNECT_PENDING if errno == EAGAIN or errno == EINTR else CONNECT_GONE
+    for i in range(r):
+        if buf[i] == 10:
+            nl = i
+            break
+    if nl < 0:
+        return CONNECT_GONE if r == 0 or r >= MAX_LINE else CONNECT_PENDING
+    with nogil:
+        r = recv(fd, buf, nl + 1, MSG_DONTWAIT)
+    if r != nl + 1:
+        return CONNECT_GONE
+    a, b = 0, nl + 1
+    while a < b and _space(buf[a]):
+        a += 1
+    while b > a and _space(buf[b - 1]):
+        b -= 1
+    if b - a < 9 or memcmp(buf + a, b"CONNECT ", 8) != 0:
+        return CONNECT_BAD
+    for i in range(a + 8, b):
+        if not 48 <= buf[i] <= 57:
+            return CONNECT_BAD
+        port = port * 10 + (buf[i] - 48)
+        if port > 0xFFFFFFFF:
+            return CONNECT_BAD
+    return <long long>port

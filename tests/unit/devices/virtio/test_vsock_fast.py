@@ -1,0 +1,344 @@
+"""virtio-vsock's C paths (_fast.pyx) and the loop-turn rules around them, driven through
+the compiled queue: the CONNECT line, data spread over many rx chains by one readv,
+batched tx sends, header-only packets, hostile chains, credit updates, one interrupt
+per turn, and a credit-starved stream read in the turn its credit arrives."""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from devices.virtio import _queue
+from devices.virtio.device import Activated
+from devices.virtio.ring import DESC_F_WRITE
+from devices.virtio.testing import Allocator, DriverQueue, EventLoop, FakeGuestMemory
+from devices.virtio.vsock import (
+    CONN_BUF_ALLOC, MAX_CONNECT_LINE, OP_CREDIT_UPDATE, OP_RESPONSE, OP_RW, OP_SHUTDOWN, TYPE_STREAM, _fast,
+)
+from devices.virtio.vsock.connection import Connection, ConnState
+from devices.virtio.vsock.device import VsockDevice
+from devices.virtio.vsock.metrics import VsockMetrics
+from devices.virtio.vsock.muxer import Muxer
+from devices.virtio.vsock.packet import HDR_SIZE, Header
+
+CID = 5
+
+
+def test_connect_line_limit_matches_the_c_side():
+    assert _fast.CONNECT_MAX_LINE == MAX_CONNECT_LINE
+
+
+@pytest.mark.parametrize("line, want", [
+    (b"CONNECT 5000\n", 5000),
+    (b"CONNECT 0\n", 0),
+    (b"  CONNECT 4294967295\r\n", 0xFFFFFFFF),
+    (b"CONNECT 4294967296\n", _fast.CONNECT_BAD),
+    (b"CONNECT  5\n", _fast.CONNECT_BAD),
+    (b"CONNECT 5x\n", _fast.CONNECT_BAD),
+    (b"CONNECT -5\n", _fast.CONNECT_BAD),
+    (b"CONNECT\n", _fast.CONNECT_BAD),
+    (b"connect 5\n", _fast.CONNECT_BAD),
+    (b"HELLO\n", _fast.CONNECT_BAD),
+    (b"CONNECT 5", _fast.CONNECT_PENDING),
+    (b"CONNECT " + b"1" * 40, _fast.CONNECT_GONE),
+])
+def test_read_connect(line, want):
+    a, b = socket.socketpair()
+    try:
+        b.sendall(line)
+        assert _fast.read_connect(a.fileno()) == want
+    finally:
+        a.close()
+        b.close()
+
+
+def test_read_connect_takes_only_the_line():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.sendall(b"CONNECT 7\nstream bytes")
+    assert _fast.read_connect(a.fileno()) == 7
+    assert a.recv(100) == b"stream bytes"
+    b.close()
+    assert _fast.read_connect(a.fileno()) == _fast.CONNECT_GONE  # closed before a line
+    a.close()
+
+
+def test_accept_clients_takes_every_pending_connection(tmp_path):
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    lst.bind(str(tmp_path / "l.sock"))
+    lst.listen(8)
+    clients = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+    for c in clients:
+        c.connect(str(tmp_path / "l.sock"))
+    fds = _fast.accept_clients(lst.fileno())
+    assert len(fds) == 3 and _fast.accept_clients(lst.fileno()) == []
+    for fd in fds:
+        assert os.get_blocking(fd) is False
+        os.close(fd)
+    for c in clients:
+        c.close()
+    lst.close()
+
+
+# -- a muxer over compiled queues, no device thread ----------------------------------------
+class Rig:
+    def __init__(self, size=64, mem_size=4 << 20):
+        self.mem = FakeGuestMemory(mem_size)
+        alloc = Allocator(0x1000, self.mem.size)
+        self.dqs = [DriverQueue(self.mem, size, alloc) for _ in range(3)]
+        qs = [_queue.SplitQueue(self.mem, size, d.desc, d.avail, d.used, indirect=True) for d in self.dqs]
+        self.failures: list = []
+        self.signals: list = []
+        self.act = Activated(self.mem, qs, [-1] * 3, EventLoop(), self.signals.append, self.failures.append)
+        self.mux = Muxer(CID, "/nonexistent", socket.socket(socket.AF_UNIX), VsockMetrics())
+        self.host, peer = socket.socketpair()
+        peer.setblocking(False)
+        self.conn = Connection(peer, 1 << 30, 900, ConnState.ESTABLISHED)
+        self.conn.update_peer_credit(1 << 20, 0)
+        self.mux._add(self.conn)
+
+    def tx(self, op, length=0, payload=b"", split=(), fwd_cnt=0, buf_alloc=1 << 20, src_port=900,
+           dst_port=1 << 30):
+        h = Header(CID, 2, src_port, dst_port, length, TYPE_STREAM, op, 0, buf_alloc, fwd_cnt).pack()
+        data = h + payload
+        cuts = [0, *sorted(c for c in split if 0 < c < len(data)), len(data)]
+        self.dqs[1].add([data[a:b] for a, b in zip(cuts, cuts[1:]) if b > a], [])
+
+    def rx_packets(self):
+        out = []
+        for head, n in self.dqs[0].get_used():
+            raw = self.dqs[0].written(head, n)
+            out.append((Header.unpack(raw[:HDR_SIZE]), raw[HDR_SIZE:]))
+        return out
+
+    def close(self):
+        self.mux.close_streams()
+        self.mux.listener.close()
+        self.host.close()
+
+
+@pytest.fixture
+def rig():
+    r = Rig()
+    yield r
+    r.close()
+
+
+def test_one_readv_spreads_host_data_over_many_chains(rig):
+    for size in (HDR_SIZE + 4096, HDR_SIZE + 1000, HDR_SIZE + 7):
+        for _ in range(6):
+            rig.dqs[0].add([], [size])
+    for _ in range(6):  # header and payload in separate descriptors, as Linux 6.1 posts them
+        rig.dqs[0].add([], [HDR_SIZE, 4096])
+    data = os.urandom(40000)
+    rig.host.sendall(data)
+    rig.mux.rx_ready[rig.conn.key] = rig.conn
+    assert rig.mux.process_rx(rig.act) is not None
+    pkts = rig.rx_packets()
+    assert all(h.op == OP_RW and h.len == len(p) and h.src_port == 1 << 30 and h.dst_port == 900 for h, p in pkts)
+    assert b"".join(p for _, p in pkts) == data
+    assert rig.conn.rx_cnt == len(data) and rig.mux.metrics.rx_bytes == len(data)
+
+
+def test_rx_respects_the_guest_credit_across_chains(rig):
+    rig.conn.update_peer_credit(10000, 0)
+    for _ in range(8):
+        rig.dqs[0].add([], [HDR_SIZE + 4096])
+    rig.host.sendall(b"q" * 30000)
+    rig.mux.rx_ready[rig.conn.key] = rig.conn
+    rig.mux.process_rx(rig.act)
+    assert sum(h.len for h, _ in rig.rx_packets()) == 10000
+    assert rig.conn.peer_credit() == 0
+
+
+def test_host_eof_in_the_c_path_becomes_one_shutdown(rig):
+    for _ in range(4):
+        rig.dqs[0].add([], [HDR_SIZE + 4096])
+    rig.host.sendall(b"last words")
+    rig.host.shutdown(socket.SHUT_WR)
+    rig.mux.rx_ready[rig.conn.key] = rig.conn
+    rig.mux.process_rx(rig.act)
+    rig.mux.rx_ready[rig.conn.key] = rig.conn  # poll would report the EOF again
+    rig.mux.process_rx(rig.act)
+    (rw, data), (sd, _) = rig.rx_packets()
+    assert data == b"last words" and sd.op == OP_SHUTDOWN and sd.flags == 2 and rig.conn.host_eof
+
+
+def test_host_close_becomes_a_shutdown_both_ways(rig):
+    """A host peer that closed its socket (POLLHUP) reads nothing more either: the guest
+    hears SHUTDOWN(RCV|SEND) after the last data, as from a Linux host's close()."""
+    import select
+
+    for _ in range(4):
+        rig.dqs[0].add([], [HDR_SIZE + 4096])
+    rig.host.sendall(b"bye")
+    rig.host.close()
+    fd = rig.conn.sock.fileno()
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    (_, events), = p.poll(1000)
+    assert events & select.POLLHUP
+    rig.mux.on_ready(fd, events)
+    rig.mux.process_rx(rig.act)
+    rig.mux.on_ready(fd, events)  # poll would report the EOF again
+    rig.mux.process_rx(rig.act)
+    (rw, data), (sd, _) = rig.rx_packets()
+    assert data == b"bye" and sd.op == OP_SHUTDOWN and sd.flags == 3 and rig.conn.host_eof
+
+
+def test_batched_tx_keeps_order_across_split_chains():
+    rig = Rig(size=128)
+    sent = b""
+    for i in range(20):
+        payload = bytes([i]) * (500 + 37 * i)
+        rig.tx(OP_RW, len(payload), payload, split=(HDR_SIZE, HDR_SIZE + 3, 100))
+        sent += payload
+    rig.mux._tx_hint = None
+    rig.mux.process_tx(rig.act)
+    assert len(rig.dqs[1].get_used()) == 20
+    got = b""
+    while len(got) < len(sent):
+        got += rig.host.recv(1 << 16)
+    assert got == sent and rig.conn.fwd_cnt == len(sent)
+    rig.close()
+
+
+def test_header_only_packets_are_taken_in_c(rig):
+    rig.tx(OP_CREDIT_UPDATE, fwd_cnt=77, buf_alloc=4096)
+    rig.tx(OP_SHUTDOWN, fwd_cnt=77, buf_alloc=4096)  # flags 0: nothing changes
+    rig.mux.process_tx(rig.act)
+    assert len(rig.dqs[1].get_used()) == 2
+    assert rig.conn.peer_buf_alloc == 4096 and rig.conn.peer_fwd_cnt == 77
+    assert rig.mux.metrics.tx_packets == 2 and not rig.mux.control
+
+
+def test_a_credit_starved_stream_is_read_in_the_turn_its_credit_arrives(rig):
+    rig.conn.update_peer_credit(4096, 0)
+    rig.conn.rx_cnt = 4096  # the guest holds all it may
+    for _ in range(4):
+        rig.dqs[0].add([], [HDR_SIZE + 4096])
+    rig.host.sendall(b"w" * 5000)
+    assert not rig.mux.interest()[rig.conn.sock.fileno()] & select.POLLIN  # out of credit: not polled
+    rig.tx(OP_CREDIT_UPDATE, fwd_cnt=4096, buf_alloc=4096)
+    rig.mux.process_tx(rig.act)
+    rig.mux.process_rx(rig.act)  # no poll round in between
+    assert sum(h.len for h, _ in rig.rx_packets() if h.op == OP_RW) == 4096
+
+
+def test_credit_update_when_the_guest_sees_less_than_half_free():
+    c = Connection(None, 1, 2, ConnState.ESTABLISHED)
+    assert not c.wants_credit_update()  # nothing drained
+    c.fwd_cnt = CONN_BUF_ALLOC // 2  # forwarded half: the guest still sees half free
+    assert not c.wants_credit_update()
+    c.fwd_cnt += 1
+    assert c.wants_credit_update()
+    c.last_fwd_cnt_sent = c.fwd_cnt
+    assert not c.wants_credit_update()
+    c.fwd_cnt += 100
+    c.tx_buf += bytes(CONN_BUF_ALLOC // 2)  # received but still buffered counts as sent by the guest
+    assert c.wants_credit_update()
+
+
+def test_one_interrupt_per_turn(tmp_path, monkeypatch):
+    dev = VsockDevice(CID, str(tmp_path / "v.sock"))
+    signals: list = []
+    act = Activated(None, [None, None, None], [], EventLoop(), None, lambda e: None)
+    monkeypatch.setattr(dev.mux, "process_tx", lambda act: True)
+    monkeypatch.setattr(dev.mux, "process_rx", lambda act: True)
+    dev.mux.tx_pending = dev.mux.tx_data = True
+    signals += [1] if dev._turn(act, None) else []
+    assert len(signals) == 1
+    monkeypatch.setattr(dev.mux, "process_tx", lambda act: False)
+    monkeypatch.setattr(dev.mux, "process_rx", lambda act: False)
+    signals += [1] if dev._turn(act, None) else []
+    assert len(signals) == 1
+    dev.close()
+
+
+def test_header_only_tx_completions_ride_on_the_next_rx_interrupt(tmp_path, monkeypatch):
+    from devices.virtio.vsock import device
+
+    dev = VsockDevice(CID, str(tmp_path / "v.sock"))
+    signals: list = []
+    act = Activated(None, [None, None, None], [], EventLoop(), None, lambda e: None)
+    rx = [False]
+    monkeypatch.setattr(dev.mux, "process_tx", lambda act: True)
+    monkeypatch.setattr(dev.mux, "process_rx", lambda act: rx[0])
+    dev.mux.tx_pending, dev.mux.tx_data = True, False  # a RESPONSE, say
+    signals += [1] if dev._turn(act, None) else []
+    assert not signals and dev._irq_owed is not None and dev._timeout_ms() <= device.TX_IRQ_DELAY * 1000 + 1
+    rx[0] = True  # the next turn has rx used buffers: one interrupt for both
+    signals += [1] if dev._turn(act, None) else []
+    assert len(signals) == 1 and dev._irq_owed is None
+    rx[0] = False
+    dev._turn(act, None)  # deferred again...
+    assert len(signals) == 1
+    monkeypatch.setattr(dev.mux, "process_tx", lambda act: False)
+    dev._irq_owed -= 1  # ...until its time is up: a turn with nothing else raises it
+    signals += [1] if dev._turn(act, None) else []
+    assert len(signals) == 2 and dev._irq_owed is None
+    dev.mux.tx_data = True  # tx that moved stream data is never deferred
+    monkeypatch.setattr(dev.mux, "process_tx", lambda act: True)
+    signals += [1] if dev._turn(act, None) else []
+    assert len(signals) == 3
+    dev.close()
+
+
+# -- hostile chains through the C paths -------------------------------------------------------
+SETTINGS = settings(max_examples=int(os.environ.get("MM_FUZZ_EXAMPLES", "200")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(packets=st.lists(st.tuples(st.sampled_from([OP_RW, OP_RW, OP_CREDIT_UPDATE, OP_RESPONSE, 9]),
+                                  st.integers(0, 3000), st.integers(0, 3000),
+                                  st.lists(st.integers(0, 3100), max_size=4),
+                                  st.sampled_from([900, 901])), max_size=12),
+       rx=st.lists(st.lists(st.integers(0, 5000), min_size=1, max_size=3), max_size=10),
+       host=st.integers(0, 20000))
+def test_hostile_chains(packets, rx, host):
+    """Header lengths that lie, odd splits, other streams' ports, rx chains of any shape:
+    the C paths never raise or fail the device, never send more than the valid payloads,
+    and never write past a chain's writable length."""
+    r = Rig(size=128)
+    try:
+        valid = b""
+        for op, claimed, actual, split, port in packets:
+            payload = os.urandom(actual)
+            r.tx(op, claimed, payload, split=split, src_port=port)
+            if op == OP_RW and port == 900 and claimed <= actual and claimed <= CONN_BUF_ALLOC:
+                valid += payload[:claimed]
+        for sizes in rx:
+            r.dqs[0].add([], sizes)
+        if host:
+            r.host.sendall(os.urandom(host))
+            r.mux.rx_ready[r.conn.key] = r.conn
+        r.mux.process_tx(r.act)
+        r.mux.process_rx(r.act)
+        assert not r.failures
+        for head, n in r.dqs[0].get_used():
+            assert n <= sum(size for _, size, flags in r.dqs[0].completed[head] if flags & DESC_F_WRITE)
+        r.host.setblocking(False)
+        got = b""
+        try:
+            while chunk := r.host.recv(1 << 16):
+                got += chunk
+        except (BlockingIOError, ConnectionResetError):  # reset streams close with data unread
+            pass
+        if r.conn.key in r.mux.conns:
+            assert got == valid
+    finally:
+        r.close()
+
+
+def test_local_port_allocation_skips_ports_in_use(rig):
+    taken = Connection(socket.socket(socket.AF_UNIX), (1 << 30) + 1, 77, ConnState.ESTABLISHED)
+    rig.mux._add(taken)  # a guest stream to host port 2^30+1, beside rig.conn on 2^30
+    assert rig.mux._alloc_port() == (1 << 30) + 2
+    rig.mux._remove(taken)
+    rig.mux.next_port = (1 << 30) + 1
+    assert rig.mux._alloc_port() == (1 << 30) + 1
