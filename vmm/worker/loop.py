@@ -15,9 +15,12 @@ import os
 import selectors
 import threading
 import time
-from typing import Callable
 
-Callback = Callable[[], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~4 ms of import time; annotations here are strings
+    from typing import Callable
+
+    Callback = Callable[[], None]
 
 
 class Timer:

@@ -1,71 +1,150 @@
-"""The worker process: open everything, report ready, run the VM, record how it ended.
+"""The worker process: a supervisor, and the VMM it forks, which opens everything, jails
+itself, runs the VM and records how it ended.
 
     python -m vmm.worker SPEC_PATH READY_FD
 
-Order matters (issue 9 will jail the worker between "open" and "run"): the store
-connection, console log, VM (/dev/kvm, memory, devices, taps) and API socket are all
-opened before the first vCPU runs. READY_FD gets one JSON line, `{"ok": true, "pid": N}`
-or `{"ok": false, "error": ..., "hint": ...}`, then is closed.
+The process started here is the supervisor (vmm.jail.supervisor): the store knows it as
+the worker, it writes the store for the VMM and reports on READY_FD one JSON line,
+`{"ok": true, "pid": N}` or `{"ok": false, "error": ..., "hint": ...}`. `run_vmm` is the
+VMM, in the forked child. Order matters there: the console log, the VM (/dev/kvm, guest
+memory, devices, taps) and the API socket are all opened first, then the VMM jails
+itself (vmm.jail.enter: namespaces, the cell, dropped privileges, seccomp), and only
+then does `service.attach` start the vCPU threads and with them the first KVM_RUN.
+With `mm run --no-jail` (spec `jail.enabled` false) the same two processes run with no
+jail at all, and a warning says so.
 """
 from __future__ import annotations
 
-import json
-import os
+import errno
+import gc
 import signal
 import sys
 import time
 from pathlib import Path
 
 from vmm.errors import MMError
-from vmm.machines import State
-from vmm.machines.db import open_machines
-from vmm.machines.layout import MachinePaths
-from vmm.machines.liveness import self_identity
+from vmm.jail.supervisor import Supervisor, VmmContext
+from vmm.machines import InvalidTransition, State
 from vmm.worker.spec import WorkerSpec
 
 # After the VM ends, give replies (wait/stop answers, console tails) at most this long to flush.
 LINGER_S = 0.5
 
 
-def _report(fd: int, message: dict) -> None:
-    try:
-        os.write(fd, json.dumps(message).encode() + b"\n")
-        os.close(fd)
-    except OSError:
-        pass  # the CLI that started us is gone; the store has the outcome
+def _service_class():
+    from vmm.worker.service import WorkerService
+
+    class Service(WorkerService):
+        """The API reports the worker's pid as the store and `mm inspect` know it: the
+        supervisor's. In its own PID namespace the VMM itself is pid 1."""
+
+        host_pid = 0
+
+        def op_hello(self, req, conn):
+            return {**super().op_hello(req, conn), "pid": self.host_pid}
+
+        def op_status(self, req, conn):
+            return {**super().op_status(req, conn), "pid": self.host_pid}
+
+    return Service
 
 
-def run_worker(spec_path: Path, ready_fd: int) -> int:
+def _server_class():
     from vmm.api.server import ApiServer
+
+    class CellApiServer(ApiServer):
+        """In the cell the machine directory is read-only, so removing api.sock fails
+        (EROFS); the supervisor removes it once the VMM has exited."""
+
+        def close(self) -> None:
+            try:
+                super().close()
+            except PermissionError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EROFS:
+                    raise
+
+    return CellApiServer
+
+
+def _jail(ctx: VmmContext, vm, log) -> None:
+    """Everything is open: jail the VMM before the first KVM_RUN (or say loudly why not)."""
+    from vmm.jail import channel
+    from vmm.jail.config import NO_JAIL_WARNING
+
+    sockets = [str(ctx.paths.api_socket)] + ([str(vm.vsock_socket)] if getattr(vm, "vsock_socket", None) else [])
+    channel.send(ctx.sock, {"op": "sockets", "paths": sockets})
+    if ctx.limits is None:
+        log(f"warning: {NO_JAIL_WARNING}")
+        return
+    from vmm.jail.cell import Cell, share_socket
+    from vmm.jail.enter import enter
+
+    limits = ctx.limits
+    for path in sockets[1:]:  # the VMM's own vsock socket: it connects to it after the jail
+        share_socket(path, limits.gid)
+    cell = Cell(ctx.cell_mountpoint, str(ctx.paths.root), limits.ro_paths)
+    steps = enter(limits, cell, ctx.sock, ctx.paths.root.name, ctx.wait_for_program())
+    parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in steps.items() if k != "total")
+    cpus = "none" if limits.cpus is None else f"{limits.cpus:g}"  # None: no CPU-time limit (vmm.jail.config)
+    log(f"jailed in {steps['total'] * 1000:.1f} ms ({parts}): uid/gid {limits.uid}/{limits.gid}, cpus {cpus}, "
+        f"memory {'none' if limits.memory is None else f'{limits.memory >> 20} MiB'}, pids {limits.pids}")
+
+
+def run_vmm(ctx: VmmContext, spec: WorkerSpec) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a crash in C code (a device, ctypes) leaves its Python stacks in worker.log
+    from vmm.jail import channel
     from vmm.worker.loop import Loop
-    from vmm.worker.service import WorkerService, log
+    from vmm.worker.service import log
     from vmm.worker.vm import load_factory
 
-    spec = WorkerSpec.read(spec_path)
-    paths = MachinePaths.for_id(spec.machine_id, Path(spec.state_dir))
-    machines = open_machines(Path(spec.state_dir))
-    machines.set_worker(spec.machine_id, spec.generation, *self_identity())
     loop = Loop()
-    service = WorkerService(loop, spec, machines, paths.console_log)
+    service = _service_class()(loop, spec, channel.StoreProxy(ctx.sock), ctx.paths.console_log)
+    service.host_pid = ctx.host_pid
     try:
-        vm = load_factory(spec.factory)(spec.machine, service.console_sink, loop)
-        server = ApiServer(loop, paths.api_socket, service)
-        # -- everything is open: the jail (issue 9) goes here, before the first KVM_RUN --
+        factory = load_factory(spec.factory)
+        # Every VM needs the KVM layer and the run loop: imported now, while the
+        # supervisor makes the cgroup, not after.
+        import vmm._fast.runloop, vmm.bus, vmm.kvm, vmm.memory, vmm.vcpus  # noqa: E401, F401
+        if ctx.limits is not None:
+            # The cell's code roots, worked out while the supervisor makes the cgroup:
+            # building the cell later only looks at modules imported after this.
+            from vmm.jail.cell import code_roots
+
+            code_roots()
+        ctx.wait_for_cgroup()  # guest RAM is charged to the cgroup of the first toucher
+        vm = factory(spec.machine, service.console_sink, loop)
+        server = _server_class()(loop, ctx.paths.api_socket, service)
+        # SIGTERM to the worker (host shutdown, an admin) reaches us from the supervisor: a
+        # graceful stop with the spec's timeout, as `mm stop`; SIGINT is ignored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(
+            lambda: service.begin_stop(spec.stop_timeout)))
+        _jail(ctx, vm, log)
         service.attach(vm)
     except BaseException as exc:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log(f"start failed: {message}")
-        machines.transition(spec.machine_id, State.EXITED, generation=spec.generation,
-                            exit_code=125, exit_reason="error", error=message, finished_at=time.time())
-        _report(ready_fd, {"ok": False, "error": message, "hint": getattr(exc, "hint", "")})
+        ctx.wait_for_program()
+        try:
+            service.machines.transition(spec.machine_id, State.EXITED, generation=spec.generation, exit_code=125,
+                                        exit_reason="error", error=message, finished_at=time.time())
+        except InvalidTransition as err:
+            log(f"store: {err.message}")
+        channel.send(ctx.sock, {"op": "ready", "ok": False, "error": message, "hint": getattr(exc, "hint", "")})
         if not isinstance(exc, MMError):
             raise
         return 1
-    _report(ready_fd, {"ok": True, "pid": os.getpid()})
-    # SIGTERM to the worker (host shutdown, an admin) is a graceful stop with the spec's
-    # timeout, as `mm stop`; SIGINT (a stray Ctrl-C reaching it) is ignored.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(lambda: service.begin_stop(spec.stop_timeout)))
+    channel.send(ctx.sock, {"op": "ready", "ok": True})
+    gc.enable()  # off while starting (vmm.worker.launch.WORKER_ARGV)
+    _serve(loop, server, service, vm, log)
+    return 0
+
+
+def _serve(loop, server, service, vm, log) -> None:
     def linger(deadline: float) -> None:
         if not server.connections or time.monotonic() > deadline:
             loop.stop()
@@ -81,8 +160,16 @@ def run_worker(spec_path: Path, ready_fd: int) -> int:
         loop.run()
     finally:
         server.close()
-        vm.close()
-    return 0
+        try:
+            vm.close()
+        except OSError as exc:
+            if exc.errno != errno.EROFS:  # a device removing its socket from the read-only
+                log(f"closing the VM: {exc}")  # cell: the supervisor removes it instead
+
+
+def run_worker(spec_path: Path, ready_fd: int) -> int:
+    spec = WorkerSpec.read(spec_path)
+    return Supervisor(spec, ready_fd).run(lambda ctx: run_vmm(ctx, spec))
 
 
 def main(argv: list[str]) -> int:

@@ -7,25 +7,31 @@ factories that run real tiny guests.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from typing import Any, Callable, Protocol
 
 from vmm.errors import ConfigError
+from vmm.plain import REQUIRED, Frozen
 
-ConsoleSink = Callable[[bytes], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~4 ms of import time; annotations here are strings
+    from typing import Any, Callable, Protocol
+
+    ConsoleSink = Callable[[bytes], None]
+else:
+    Protocol = object  # at run time VirtualMachine only documents the interface
 
 # Docker reports 128+9 for a container it killed; we follow it for a VM we killed.
 KILLED_EXIT_CODE = 137
 
 
-@dataclasses.dataclass(frozen=True)
-class ExitState:
+class ExitState(Frozen):
     """How the VM ended. `exit_code` is the workload's when the guest reported one."""
 
-    reason: str  # poweroff | reboot | panic | triple_fault | killed | error
-    exit_code: int | None = None
-    detail: str = ""
+    FIELDS = {
+        "reason": REQUIRED,  # poweroff | reboot | panic | triple_fault | killed | error
+        "exit_code": None,   # int | None
+        "detail": "",
+    }
 
     def effective_code(self) -> int:
         """The code `mm run` / `mm wait` return."""
@@ -70,7 +76,8 @@ class VirtualMachine(Protocol):
         """Release fds and memory after the VM has ended."""
 
 
-Factory = Callable[..., VirtualMachine]
+if TYPE_CHECKING:
+    Factory = Callable[..., VirtualMachine]
 
 
 def load_factory(ref: str) -> Factory:

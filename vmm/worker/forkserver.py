@@ -1,0 +1,360 @@
+"""The worker fork server ("zygote"): one long-lived process that has imported what every
+worker needs and forks workers on request, so a worker starts without an interpreter
+start-up or its ~30 ms of imports (seconds in the lab).
+
+    python -S -c "import gc; gc.disable(); from vmm.worker.forkserver import main; main()" DIR FP [ENTRY]
+
+started detached by vmm.worker.forkserver_client (files and wire format:
+vmm.worker.forkserver_proto). It stays single-threaded (it forks), takes the lock
+FP.lock for life, imports PRELOAD, freezes the GC, records every file it imported
+(path, mtime_ns, size) and serves FP.sock:
+
+- only its own uid may ask (SO_PEERCRED);
+- before each launch it re-checks those files: if any changed (or the interpreter),
+  it answers "stale" and exits, and the client starts a fresh server, so a worker never
+  runs code older than its tree;
+- a launch forks a child that does what the exec'd worker did (vmm.worker.launch):
+  setsid, a second fork (so the worker is neither our child nor a zombie of ours, and
+  outlives us), stdio to /dev/null and worker.log, the caller's environment, cwd and
+  umask, every other fd closed, then ENTRY(argv + [READY_FD]) in-process;
+- it exits after IDLE_S without a request (MM_FORKSERVER_IDLE_S), on "stop", or stale.
+
+MM_FORKSERVER_PRELOAD (comma-separated modules) adds to PRELOAD; it is part of the
+server's name, so servers with other preloads do not answer for each other.
+"""
+from __future__ import annotations
+
+import fcntl
+import gc
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from vmm.worker import forkserver_proto as proto
+
+IDLE_S = 15 * 60
+LOCK_WAIT_S = 5.0  # a stale predecessor is still exiting: it holds the lock that long at most
+REQUEST_TIMEOUT_S = 5.0  # a client that connects and says nothing must not hold up the others
+
+# What every worker imports: the supervisor, the VMM and its service, API, jail and
+# seccomp, the production machine (x86 boot, virtio devices). A module that fails to
+# import here is logged and left to the worker, which imports it itself as it would
+# after an exec (and meets the same error).
+PRELOAD = (
+    "vmm.worker.main", "vmm.worker.service", "vmm.worker.loop", "vmm.worker.vm", "vmm.worker.workload",
+    "vmm.api.server", "vmm.jail.channel", "vmm.jail.cell", "vmm.jail.enter", "vmm.jail.seccomp",
+    "vmm.jail.cgroups", "vmm.jail.policy", "vmm.jail.privileges", "vmm.machines.db", "vmm.machines.liveness",
+    "vmm.kvm", "vmm.memory", "vmm.vcpus", "vmm.bus", "vmm._fast.runloop", "vmm.arch.x86.boot",
+    "vmm.arch.x86.regs", "vmm.machine", "devices.virtio.config", "faulthandler", "traceback",
+)
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} forkserver[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+class Imported:
+    """The files behind every module imported so far (and the interpreter), as they were."""
+
+    def __init__(self) -> None:
+        paths = {os.path.realpath(sys.executable)}
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str):
+                paths.add(path)
+        self.files = [(p, *_identity(p)) for p in sorted(paths)]
+
+    def stale(self) -> str | None:
+        """The first recorded file that changed, moved or went away since; None if none."""
+        for path, mtime, size in self.files:
+            if _identity(path) != (mtime, size):
+                return path
+        return None
+
+
+def _identity(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_mtime_ns, st.st_size
+
+
+def preload(names: tuple[str, ...] = PRELOAD) -> list[str]:
+    """Import `names`; the ones that failed, with why."""
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            failed.append(f"{name} ({type(exc).__name__}: {exc})")
+    return failed
+
+
+def resolve(entry: str):
+    module, _, func = entry.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+class Server:
+    def __init__(self, listener: socket.socket, target, imported: Imported, idle_s: float = IDLE_S) -> None:
+        self.listener, self.target, self.imported, self.idle_s = listener, target, imported, idle_s
+        self.launched = 0
+
+    def serve(self) -> str:
+        """Answer requests until idle, stopped or stale; why it ended."""
+        deadline = time.monotonic() + self.idle_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "idle"
+            if not select.select([self.listener], [], [], left)[0]:
+                continue
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            with conn:
+                ended = self._handle(conn)
+            gc.collect()  # the request's garbage only: everything imported is frozen
+            if ended:
+                return ended
+            deadline = time.monotonic() + self.idle_s
+
+    def refuse_backlog(self, why: str) -> None:
+        """Connections already queued when we stop: told so, so none of them waits."""
+        self.listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    proto.send(conn, {"ok": False, "exiting": True, "error": f"the fork server is exiting ({why})"})
+                except OSError:
+                    pass
+
+    def _handle(self, conn: socket.socket) -> str | None:
+        pid, uid, _ = proto.peer_cred(conn)
+        conn.settimeout(REQUEST_TIMEOUT_S)
+        try:  # read even a request we refuse: closing on it unread would reset our answer
+            message, fds = proto.recv(conn)
+        except (OSError, ValueError) as exc:
+            log(f"bad request from pid {pid}: {exc}")
+            _reply(conn, {"ok": False, "error": f"bad request: {exc}"})
+            return None
+        if uid != os.geteuid():
+            for fd in fds:
+                os.close(fd)
+            log(f"refused pid {pid}: uid {uid} is not ours ({os.geteuid()})")
+            _reply(conn, {"ok": False, "error": f"uid {uid} may not use the fork server of uid {os.geteuid()}"})
+            return None
+        if message is None:
+            return None
+        try:
+            op = message.get("op")
+            if op == "ping":
+                _reply(conn, {"ok": True, "pid": os.getpid(), "files": len(self.imported.files),
+                              "launched": self.launched})
+            elif op == "stop":
+                _reply(conn, {"ok": True})
+                return "stopped"
+            elif op == "launch":
+                return self._launch(conn, message, fds)
+            else:
+                _reply(conn, {"ok": False, "error": f"unknown op {op!r}"})
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return None
+
+    def _launch(self, conn: socket.socket, request: dict, fds: list[int]) -> str | None:
+        changed = self.imported.stale()
+        if changed is not None:
+            log(f"stale: {changed} changed since start; exiting")
+            _reply(conn, {"ok": False, "stale": changed, "error": f"{changed} changed since the fork server started"})
+            return "stale"
+        problem = _check_launch(request, fds)
+        if problem:
+            _reply(conn, {"ok": False, "error": f"bad launch request: {problem}"})
+            return None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _first_child(conn, self.target, request, fds[0], fds[1])
+        _, status = os.waitpid(pid, 0)
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            # the child replied itself once the worker was forked; it exits 0 then
+            _reply(conn, {"ok": False, "error": f"the fork server's child failed (wait status {status:#x})"})
+        else:
+            self.launched += 1
+        return None
+
+
+def _reply(conn: socket.socket, message: dict) -> None:
+    try:
+        proto.send(conn, message)
+    except OSError:
+        pass  # the client went away; nothing was started for it, or the worker runs on
+
+
+def _check_launch(request: dict, fds: list[int]) -> str:
+    argv, env = request.get("argv"), request.get("env")
+    if len(fds) != 2:
+        return f"expected 2 fds (ready pipe, worker.log), got {len(fds)}"
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        return "argv is not a list of strings"
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+                                            and "\0" not in k + v for k, v in env.items()):
+        return "env is not a map of names to strings"
+    if not isinstance(request.get("cwd"), str) or not isinstance(request.get("umask"), int):
+        return "cwd or umask missing"
+    return ""
+
+
+def _first_child(conn: socket.socket, target, request: dict, ready_fd: int, log_fd: int) -> None:
+    """In the forked child: a new session, the worker forked from it, then gone."""
+    code = 1
+    try:
+        os.setsid()
+        worker = os.fork()
+        if worker == 0:
+            _worker(target, request, ready_fd, log_fd)
+        code = 0
+        _reply(conn, {"ok": True, "pid": worker})
+    finally:
+        os._exit(code)
+
+
+def _worker(target, request: dict, ready_fd: int, log_fd: int) -> None:
+    """The worker, as the exec'd `python -S -c ... vmm.worker.main` would have been."""
+    code = 1
+    try:
+        # Nothing of ours goes on: the listener, the lock (a worker holding it would keep
+        # the next server out), the log, the request's socket.
+        proto.worker_fds(log_fd, ready_fd)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.umask(request["umask"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        try:
+            os.chdir(request["cwd"])
+        except OSError as exc:
+            os.chdir("/")
+            print(f"forkserver: cannot enter the launcher's directory {request['cwd']} ({exc.strerror}); "
+                  f"the worker runs in /", file=sys.stderr, flush=True)
+        importlib.invalidate_caches()  # files added since we started are importable
+        argv = [*request["argv"], str(ready_fd)]
+        sys.argv = ["-c", *argv]
+        gc.disable()  # as in the exec'd worker: vmm.worker.main turns it on once the VM runs
+        code = target(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+
+def acquire_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> int | None:
+    """The server's life lock (fd), or None if another live server holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)  # whose it is: stop_all() can stop a server still starting
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
+
+def bind(path: Path) -> socket.socket:
+    """The listening socket at `path` (mode 0600); call with the lock held, so a socket
+    file already there is a dead server's."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    return listener
+
+
+def single_threaded() -> bool:
+    return len(os.listdir("/proc/self/task")) == 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    names = proto.Names(Path(args[0]), args[1])
+    entry = args[2] if len(args) > 2 else proto.ENTRY
+    idle_s = float(os.environ.get("MM_FORKSERVER_IDLE_S") or IDLE_S)
+    os.chdir("/")  # hold no launcher's directory busy
+    os.closerange(3, 1 << 20)  # nor any fd it let us inherit (a shell's pipe would never see EOF)
+    lock = acquire_lock(names.lock)
+    if lock is None:
+        log("another fork server holds the lock; exiting")
+        return 0
+    t0 = time.monotonic()
+    # We start while the first worker's guest boots (seconds of imports in the lab):
+    # give way to it, but only where we can take the priority back (root), since our
+    # children inherit it.
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if os.geteuid() == 0:
+        os.setpriority(os.PRIO_PROCESS, 0, min(nice + 10, 19))
+    target = resolve(entry)
+    failed = preload(PRELOAD + tuple(proto.extra_preload(os.environ)))
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if failed:
+        log(f"not preloaded (the worker imports them itself): {'; '.join(failed)}")
+    if not single_threaded():
+        log("a preloaded module started a thread: a forking server must be single-threaded; exiting")
+        return 1
+    if "vmm.jail.cell" in sys.modules:  # once here, not in every jailed worker (vmm.jail.cell._memo)
+        sys.modules["vmm.jail.cell"].code_roots()
+    imported = Imported()
+    gc.freeze()  # the children share these pages: no collection should touch (and copy) them
+    listener = bind(names.sock)
+    log(f"serving {names.sock} for {entry}: {len(sys.modules)} modules, {len(imported.files)} files, "
+        f"ready in {(time.monotonic() - t0) * 1000:.0f} ms")
+    server = Server(listener, target, imported, idle_s)
+    why = "error"
+    try:
+        why = server.serve()
+    finally:
+        try:
+            names.sock.unlink()  # before the lock goes: a successor never meets our socket
+        except FileNotFoundError:
+            pass
+        server.refuse_backlog(why)
+        listener.close()
+        log(f"exiting: {why} after {server.launched} launches")
+    return 0
