@@ -1,6 +1,6 @@
 """Side-by-side runner: the same workload under our VMM and under QEMU, alternating, N rounds.
 
-    .venv/bin/python benchmarks/sidebyside.py boot --rounds 5 [--cpus 1] [--memory 256m]
+    .venv/bin/python benchmarks/sidebyside.py boot --rounds 5 [--cpus 1] [--memory 256m] [--mm-code local|tree]
     mm lab exec -- .venv/bin/python benchmarks/sidebyside.py boot --rounds 5   # on a PVM host
 
 A suite (SUITES) turns options into contenders: a name and the argv of one run. Each
@@ -35,6 +35,7 @@ class Contender:
     argv: list[str]
     marker: str                    # console text that ends the "to marker" clock
     env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None         # where it runs (None: here)
 
 
 @dataclass
@@ -53,7 +54,7 @@ def run_once(c: Contender, round_no: int, timeout: float, linger: float) -> Run:
     env = dict(os.environ, **c.env)
     start = time.monotonic()
     proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=c.cwd)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     buf, to_marker, deadline = b"", None, start + timeout
@@ -86,13 +87,9 @@ def run_once(c: Contender, round_no: int, timeout: float, linger: float) -> Run:
 
 
 def _guest_uptime(console: str) -> float | None:
-    for line in console.splitlines():
-        if line.strip().startswith("MM-INIT uptime="):
-            try:
-                return float(line.strip().split("=", 1)[1])
-            except ValueError:
-                return None
-    return None
+    from benchmarks.boot.initramfs import parse_report
+
+    return parse_report(console).get("uptime")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -155,17 +152,41 @@ def boot_suite(args) -> tuple[list[Contender], str]:
     rootfs = str(initramfs.build(paths.cache_dir() / "boot"))
     append = f"quiet mmaction=poweroff {args.append}".strip()
     mem_mib = _mib(args.memory)
+    # `python -m vmm` imports vmm from its working directory first.
+    code = str(REPO) if args.mm_code == "tree" else str(_local_code_copy())
     ours = Contender("mm", [sys.executable, "-m", "vmm", "boot", "--kernel", kernel, "--initrd", rootfs,
                             "--cpus", str(args.cpus), "--memory", f"{mem_mib}m", "--append", append],
-                     initramfs.MARKER)
+                     initramfs.MARKER, cwd=code)
     cpu = "host,-arch-capabilities" if _pvm_host() else "host"
     qemu = Contender("qemu-microvm", [
         args.qemu, "-M", "microvm", "-accel", "kvm", "-cpu", cpu, "-smp", str(args.cpus),
         "-m", f"{mem_mib}M", "-nodefaults", "-no-user-config", "-display", "none",
         "-serial", "stdio", "-no-reboot", "-kernel", kernel, "-initrd", rootfs,
         "-append", f"console=ttyS0 reboot=k panic=-1 {append}"], initramfs.MARKER)
-    details = f"kernel {kernel}, {args.cpus} vCPU, {mem_mib} MiB, initramfs {rootfs}"
+    details = (f"kernel {kernel}, {args.cpus} vCPU, {mem_mib} MiB, initramfs {rootfs}; "
+               f"mm's code from {'the checkout' if args.mm_code == 'tree' else 'a local copy'} ({code})")
     return [ours, qemu], details
+
+
+def _local_code_copy() -> Path:
+    """Our packages (sources, their bytecode, the built extensions; mtimes kept, so the
+    bytecode stays valid) copied into a fresh local temporary directory, removed at exit.
+
+    Why: in the lab the checkout is an uncached 9p share, where each of the ~40 modules
+    `mm boot` imports costs several round trips to the host (seconds in all, measured with
+    benchmarks/boot/phases.py), while QEMU's binary and Python's stdlib come from the
+    page-cached root share. An installed mm reads its code from local disk; this copy,
+    made from the tree under test at the start of the run, measures that. `--mm-code tree`
+    measures the checkout as it is."""
+    import atexit
+    import shutil
+    import tempfile
+
+    dest = Path(tempfile.mkdtemp(prefix="mm-bench-code-"))
+    atexit.register(shutil.rmtree, dest, True)
+    for package in ("vmm", "devices"):
+        shutil.copytree(REPO / package, dest / package, ignore=shutil.ignore_patterns("*.c"))
+    return dest
 
 
 def _mib(text: str) -> int:
@@ -176,12 +197,23 @@ def _mib(text: str) -> int:
     return int(t) >> 20
 
 
-SUITES = {"boot": boot_suite}
+def run_suite(args) -> tuple[list[Contender], str]:
+    """`mm run --rm` of the default image vs QEMU microvm on the same kernel and root
+    filesystem: to the workload's first output byte and end to end (benchmarks/cli/run_suite.py)."""
+    from benchmarks.cli.run_suite import contenders
+
+    return contenders(args, Contender, _mib)
+
+
+SUITES = {"boot": boot_suite, "run": run_suite}
+
+# Suites with their own workload and figures (benchmarks/virtio/harness.py runs them).
+VIRTIO_SUITES = ("virtio-blk", "virtio-net", "virtio-vsock")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("suite", choices=sorted(SUITES))
+    p.add_argument("suite", choices=sorted(SUITES) + sorted(VIRTIO_SUITES))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--cpus", type=int, default=1)
     p.add_argument("--memory", default="256m")
@@ -191,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=180.0, help="per run")
     p.add_argument("--linger", type=float, default=30.0, help="wait for exit after the marker")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--mm-code", choices=("local", "tree"), default="local",
+                   help="boot suite: run mm from a local copy of the checkout (as installed) or from the checkout")
+    p.add_argument("--seconds", type=int, default=8, help="virtio suites: seconds per workload")
+    p.add_argument("--no-jail", action="store_true", help="run suite: mm run --no-jail")
     args = p.parse_args(argv)
+    if args.suite in VIRTIO_SUITES:
+        from benchmarks.virtio.harness import run_suite
+
+        return run_suite(args.suite, args)
     contenders, details = SUITES[args.suite](args)
     runs: list[Run] = []
     for rnd in range(args.rounds):

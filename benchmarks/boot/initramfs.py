@@ -2,7 +2,8 @@
 
     path = build(cache_dir)      # -> cache_dir/boot-initramfs-<hash>.cpio (rebuilt if changed)
 
-/init mounts /proc, prints `MM-INIT uptime=<s>`, `MM-CPUS <n>`, `MM-MEM <kB>`, then does
+/init mounts /proc, prints `MM-INIT uptime=<s>`, `MM-CPUS <n>`, `MM-MEM <kB>`,
+`MM-WARNINGS <n>` (kernel WARN splats in dmesg), then does
 what `mmaction=` on the kernel command line says: poweroff (default), reboot, panic
 (init exits, so the kernel panics), or shell. Used by tests/e2e/test_boot*.py and the
 side-by-side benchmark, so both boot exactly the same guest.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 
 from vmm.lab.cpio import CpioWriter
@@ -31,6 +33,8 @@ say() { echo "$*"; echo "<2>$*" > /dev/kmsg; }
 say "MM-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 say "MM-CPUS $(grep -c ^processor /proc/cpuinfo)"
 say "MM-MEM $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+# Kernel warnings (WARN() splats, e.g. an inconsistent XSAVE layout from our CPUID).
+say "MM-WARNINGS $(dmesg | grep -c -e 'WARNING:' -e 'consistency problem')"
 case "$mmaction" in
   reboot) reboot -f ;;
   panic) say "MM-PANIC"; exit 1 ;;
@@ -68,18 +72,24 @@ def build(directory: str | os.PathLike) -> Path:
     return path
 
 
+_REPORT = {"uptime": (re.compile(r"MM-INIT uptime=(\d+(?:\.\d+)?)\r?$", re.M), float),
+           "cpus": (re.compile(r"MM-CPUS (\d+)\r?$", re.M), int),
+           "mem_kb": (re.compile(r"MM-MEM (\d+)\r?$", re.M), int),
+           "warnings": (re.compile(r"MM-WARNINGS (\d+)\r?$", re.M), int)}
+
+
 def parse_report(console: str) -> dict:
-    """The MM-* lines the guest printed: {"uptime": float, "cpus": int, "mem_kb": int}."""
+    """The MM-* lines the guest printed: {"uptime": float, "cpus": int, "mem_kb": int,
+    "warnings": int} (keys missing when not printed).
+
+    Each line comes twice, from the shell through the tty and from /dev/kmsg through
+    printk; with several vCPUs the two can interleave mid-line on the UART, so a value
+    counts only where its line ends right after it (the printk copy always does)."""
     out: dict = {}
-    for line in console.splitlines():
-        line = line.strip()
-        line = line[line.find("MM-"):] if "MM-" in line else line
-        if line.startswith("MM-INIT uptime="):
-            out["uptime"] = float(line.split("=", 1)[1])
-        elif line.startswith("MM-CPUS "):
-            out["cpus"] = int(line.split()[1])
-        elif line.startswith("MM-MEM "):
-            out["mem_kb"] = int(line.split()[1])
+    for key, (pattern, kind) in _REPORT.items():
+        found = pattern.findall(console)
+        if found:
+            out[key] = kind(found[-1])
     return out
 
 
