@@ -65,13 +65,24 @@ def prune(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> N
     from vmm.cli.output import emit_json
     from vmm.network import manage
 
-    report = manage.prune()
+    report = manage.prune(is_live=_lease_alive())
     if as_json:
         emit_json(report.as_dict())
         return
     for kind, items in report.as_dict().items():
         for item in items:
             print(f"removed {kind[:-1] if kind != 'leases' else 'lease'}: {item}")
+
+
+def _lease_alive():
+    """A lease is live while its machine exists (running or stopped: `mm start` boots it on
+    the same network) or its owner process runs (a `mm run` still provisioning). The
+    owner alone is not enough: it is the `mm run` that attached, gone after `-d`."""
+    from vmm.machines.db import open_control
+    from vmm.network import ipam
+
+    machines = {rec.id for rec in open_control().machines.list()}
+    return lambda lease: lease.vm_id in machines or ipam.owner_alive(lease)
 
 
 def register(app: typer.Typer) -> None:

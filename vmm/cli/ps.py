@@ -90,6 +90,31 @@ def fast_ps(args: list[str]) -> int | None:
     return show_ps(all_, quiet, fmt)
 
 
+def show_inspect(names: list[str]) -> int:
+    """Everything recorded about machines, as JSON (one object for one name, else a list)."""
+    from vmm.cli.output import emit_json
+    from vmm.machines.db import open_control
+
+    control = open_control()
+    out = [{k: control.find(n).to_dict()[k] for k in INSPECT_KEYS} for n in names]
+    emit_json(out[0] if len(out) == 1 else out)
+    return 0
+
+
+def fast_inspect(args: list[str]) -> int | None:
+    """`mm inspect` without typer; None for --help."""
+    from vmm.cli.fastargs import Grammar, parse
+    from vmm.errors import UsageError
+
+    g = Grammar("inspect", flags={"--json": "json"})
+    parsed = parse(g, args)
+    if parsed is None:
+        return None
+    if not parsed[1]:
+        raise UsageError("mm inspect needs at least one machine name or id", g.hint)
+    return show_inspect(parsed[1])
+
+
 def register(app) -> None:
     import typer
 
@@ -108,9 +133,4 @@ def register(app) -> None:
         json_: bool = typer.Option(False, "--json", help="JSON output (always; the flag is accepted for scripts)"),
     ) -> None:
         """Everything recorded about machines, as JSON (one object for one name, else a list)."""
-        from vmm.cli.output import emit_json
-        from vmm.machines.db import open_control
-
-        control = open_control()
-        out = [{k: control.find(n).to_dict()[k] for k in INSPECT_KEYS} for n in names]
-        emit_json(out[0] if len(out) == 1 else out)
+        show_inspect(names)

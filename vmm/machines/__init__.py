@@ -10,8 +10,18 @@ from __future__ import annotations
 
 from vmm.machines.errors import BadName, InvalidTransition, MachineNotFound, NameInUse
 from vmm.machines.ids import new_id, random_name, short_id, validate_name
-from vmm.machines.records import MachineRecord, Machines
 from vmm.machines.states import State
+
+
+def __getattr__(name: str):
+    # MachineRecord and Machines load on first use: they bring sqlite3 (and datetime),
+    # which the jailed VMM, importing this package for State and errors, never needs.
+    if name in ("MachineRecord", "Machines"):
+        from vmm.machines import records
+
+        return getattr(records, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BadName",

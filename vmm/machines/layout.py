@@ -4,6 +4,7 @@
         spec.json     what the worker runs (written by the CLI before each start)
         api.sock      the worker's control API (vmm/api/PROTOCOL.md)
         console.log   everything the guest wrote to its console, across starts
+        output.log    the workload's stdout/stderr/exit as agent frames, across starts
         worker.log    the worker's own diagnostics (Python warnings, tracebacks)
         ready         nothing: the directory is removed whole by `mm rm`
 
@@ -11,18 +12,17 @@ The short id keeps socket paths well under the 108-byte limit of AF_UNIX address
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from vmm import paths
 from vmm.errors import ConfigError
+from vmm.plain import REQUIRED, Frozen
 
 _SUN_PATH_MAX = 107
 
 
-@dataclasses.dataclass(frozen=True)
-class MachinePaths:
-    root: Path
+class MachinePaths(Frozen):
+    FIELDS = {"root": REQUIRED}  # Path
 
     @classmethod
     def for_id(cls, machine_id: str, state: Path | None = None) -> "MachinePaths":
@@ -40,6 +40,10 @@ class MachinePaths:
     @property
     def console_log(self) -> Path:
         return self.root / "console.log"
+
+    @property
+    def output_log(self) -> Path:
+        return self.root / "output.log"
 
     @property
     def worker_log(self) -> Path:

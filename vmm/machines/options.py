@@ -6,7 +6,6 @@ bad input is refused before a record, disk or network attachment exists.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -14,48 +13,56 @@ from pathlib import Path
 from typing import Any
 
 from vmm.errors import UsageError
+from vmm.plain import REQUIRED, Frozen
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MIN_MEMORY = 32 * 1024**2
 MAX_VCPUS = 255  # x86 xAPIC ids without x2APIC
+MIN_CPU_LIMIT = 0.01  # the jail's smallest CFS quota: 1 ms per 100 ms (vmm.jail.config.MIN_CPUS)
 
 
-@dataclasses.dataclass(frozen=True)
-class Publish:
+# A vmm.plain.Frozen record, not a dataclass: `mm run`'s path imports no dataclasses (and so
+# no inspect, ast, dis, tokenize), a second of start-up under the lab's emulation.
+class Publish(Frozen):
     """One -p rule; host_port 0 means any free port."""
 
-    host_ip: str
-    host_port: int
-    guest_port: int
-    proto: str = "tcp"
+    FIELDS = {"host_ip": REQUIRED, "host_port": REQUIRED, "guest_port": REQUIRED, "proto": "tcp"}  # str, int, int, str
 
 
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    image: str
-    cmd: list[str] = dataclasses.field(default_factory=list)
-    name: str | None = None
-    detach: bool = False
-    auto_remove: bool = False
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    publish: list[Publish] = dataclasses.field(default_factory=list)
-    vcpus: int = 1
-    memory_mib: int = 256
-    disk_size_mib: int = 1024
-    entrypoint: list[str] | None = None
-    workdir: str | None = None
-    user: str | None = None
-    interactive: bool = False
-    tty: bool = False
-    network: str | None = None
-    labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    ssh: bool = False
-    kernel: str | None = None
+class RunOptions(Frozen):
+    """`mm run`'s options (Docker's names and meaning), by field name:"""
+
+    FIELDS = {
+        "image": REQUIRED,  # str
+        "cmd": [],  # list[str]
+        "name": None,  # str | None
+        "detach": False,  # bool
+        "auto_remove": False,  # bool
+        "env": {},  # dict[str, str]
+        "publish": [],  # list[Publish]
+        "vcpus": 1,  # int
+        "memory_mib": 256,  # int
+        "disk_size_mib": 1024,  # int
+        "entrypoint": None,  # list[str] | None
+        "workdir": None,  # str | None
+        "user": None,  # str | None
+        "interactive": False,  # bool
+        "tty": False,  # bool
+        "network": None,  # str | None
+        "labels": {},  # dict[str, str]
+        "ssh": False,  # bool
+        "kernel": None,  # str | None
+        "no_jail": False,  # bool; debugging only: the worker runs unconfined (with a warning)
+        "cpu_quota": None,  # float | None; the VMM's CPU-time limit in CPUs (--cpu-limit, or a fractional --cpus); None: none
+        "pids_limit": None,  # int | None; --pids-limit: most threads of the VMM (None: vCPUs + 64)
+    }
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = self.asdict()
+        out["publish"] = [p.asdict() for p in self.publish]
+        return {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v) for k, v in out.items()}
 
 
 def parse_size(text: str, what: str) -> int:
@@ -95,6 +102,42 @@ def parse_cpus(text: str) -> int:
     if not 0 < value <= MAX_VCPUS or math.isnan(value):
         raise UsageError(f"--cpus {text} is out of range", f"give a number in (0, {MAX_VCPUS}]")
     return math.ceil(value)
+
+
+def parse_cpu_quota(cpus: str, limit: str | None = None, host_cpus: int | None = None) -> float | None:
+    """The VMM's CPU-time limit in CPUs (the jail's cgroup quota over its vCPU and I/O
+    threads), or None for none (vmm.jail.config, "CPU time"). `--cpu-limit` gives it;
+    without, a fractional --cpus does (Docker's meaning of --cpus 0.5: half a CPU),
+    and a whole --cpus N sets none, since N vCPUs already bound the guest to N CPUs."""
+    vcpus = parse_cpus(cpus)
+    if limit is None:
+        value = float(cpus)
+        if value < MIN_CPU_LIMIT:
+            raise UsageError(f"--cpus {cpus} is less CPU time than a VM can run on", f"give at least {MIN_CPU_LIMIT}")
+        return None if value == vcpus else value
+    try:
+        value = float(limit)
+    except ValueError:
+        raise UsageError(f"invalid --cpu-limit {limit!r}", "give CPUs as a number, e.g. --cpu-limit 1.5") from None
+    total = host_cpus if host_cpus is not None else os.cpu_count() or 1
+    if math.isnan(value) or not MIN_CPU_LIMIT <= value <= total:
+        # Docker's check on --cpus: more CPU time than the host has is no limit at all
+        raise UsageError(f"--cpu-limit {limit} is out of range",
+                         f"give {MIN_CPU_LIMIT} to {total} (this host's CPUs), or leave it out for no limit")
+    return value
+
+
+def parse_pids_limit(text: str | None) -> int | None:
+    """--pids-limit: the VMM's thread limit; it needs a few threads beside its vCPUs."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"invalid --pids-limit {text!r}", "give a whole number, e.g. --pids-limit 100") from None
+    if value < 8:
+        raise UsageError(f"--pids-limit {text} is too low for the VMM", "give at least 8 (vCPUs + 64 by default)")
+    return value
 
 
 def host_memory() -> int:
@@ -149,9 +192,8 @@ def parse_publish(spec: str) -> Publish:
     if proto not in ("tcp", "udp"):
         raise UsageError(f"invalid protocol {proto!r} in -p {spec}", "use tcp or udp")
     parts = body.rsplit(":", 2)
-    if len(parts) == 1:
-        guest = _port(parts[0], spec)
-        return Publish("0.0.0.0", guest, guest, proto)
+    if len(parts) == 1:  # Docker: `-p 80` publishes guest port 80 on a free host port
+        return Publish("0.0.0.0", 0, _port(parts[0], spec), proto)
     if len(parts) == 2:
         return Publish("0.0.0.0", _port(parts[0], spec), _port(parts[1], spec), proto)
     ip = parts[0].strip("[]") or "0.0.0.0"

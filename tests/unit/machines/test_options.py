@@ -58,7 +58,7 @@ def test_missing_env_file():
 
 
 @pytest.mark.parametrize("spec, want", [
-    ("80", o.Publish("0.0.0.0", 80, 80, "tcp")),
+    ("80", o.Publish("0.0.0.0", 0, 80, "tcp")),
     ("8080:80", o.Publish("0.0.0.0", 8080, 80, "tcp")),
     ("127.0.0.1:8080:80/udp", o.Publish("127.0.0.1", 8080, 80, "udp")),
     ("127.0.0.1::80", o.Publish("127.0.0.1", 0, 80, "tcp")),
