@@ -10,21 +10,20 @@
     m.close()
 
 Platform: in-kernel PIC/IOAPIC/LAPIC and PIT, memfd RAM (split around the MMIO hole),
-COM1 8250 on IRQ 4, an i8042 for `reboot=k`, pvpanic on port 0x505, the FADT's
-sleep/reset port, cheap constant probe ports, ACPI RSDP/XSDT/FADT/MADT/DSDT. The kernel
+COM1 8250 on IRQ 4, an i8042 for `reboot=k`, pvpanic on port 0x505, the ACPI PM1a
+blocks and reset port, cheap constant probe ports, ACPI RSDP/XSDT/FADT/MADT/DSDT. The kernel
 is entered by PVH when its ELF has the note, else by the 64-bit boot protocol.
 """
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from vmm.arch.x86 import layout as L
 from vmm.arch.x86 import boot
 from vmm.arch.x86.loader import probe_kernel
 from vmm.errors import ConfigError, MMError
-from vmm.worker.vm import ExitState
 
 MiB = 1 << 20
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1"
@@ -39,16 +38,50 @@ class MachineError(MMError):
     """The machine could not be built or run."""
 
 
-@dataclass(frozen=True)
-class MachineConfig:
-    kernel: str
-    initrd: str | None = None
-    cmdline: str = DEFAULT_CMDLINE
-    cpus: int = 1
-    memory: int = 256 * MiB
-    console_log: str | None = None
-    hugepages: bool = False
-    extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
+def _ended(reason: str, detail: str = ""):
+    """A vmm.worker.vm.ExitState, imported at first use: it is only needed once the guest
+    ends, and importing vmm.worker.vm up front costs `mm boot` start-up time."""
+    from vmm.worker.vm import ExitState
+
+    return ExitState(reason, detail=detail)
+
+
+_CONFIG_FIELDS = ("kernel", "initrd", "cmdline", "cpus", "memory", "console_log", "hugepages",
+                  "extra_cmdline", "disks", "taps", "vsock", "rng", "balloon", "netns")
+_CONFIG_DEFAULTS = (None, DEFAULT_CMDLINE, 1, 256 * MiB, None, None, (), (), (), None, False, None, None)
+
+
+# A namedtuple, not a dataclass: `dataclasses` imports `inspect` (with ast, dis, tokenize,
+# re), which is over a second of `mm boot`'s start-up under the lab's emulation.
+class MachineConfig(namedtuple("MachineConfig", _CONFIG_FIELDS, defaults=_CONFIG_DEFAULTS)):
+    """What a machine is built from (immutable; MachineConfig(kernel=..., cpus=4)).
+
+    kernel: path (required); initrd: path or None; cmdline: the base command line;
+    cpus; memory: bytes; console_log: path or None; hugepages: True / False / None
+    (transparent huge pages where the host allows, vmm.memory); extra_cmdline: words
+    added to the command line. Virtio devices, in the order they get their MMIO windows
+    (so /dev/vda is the first disk), as `mm boot`'s option strings parsed by
+    devices.virtio.config: disks (PATH[:ro], a tuple), taps (NAME[:MAC], a tuple), vsock
+    (CID:UDS_PATH), rng (bool), balloon (initial target in MiB, or
+    "MIB,reporting=off"). netns: the network
+    namespace holding the TAPs (vmm.network)."""
+
+    __slots__ = ()
+
+    def device_specs(self) -> list:
+        """The parsed virtio device specs; a malformed one raises SpecError (with a hint)."""
+        if not (self.disks or self.taps or self.vsock or self.rng or self.balloon is not None):
+            return []  # without importing the virtio config module: this is every boot's path
+        from devices.virtio import config as dc
+
+        specs = [dc.DiskSpec.parse(d) for d in self.disks] + [dc.TapSpec.parse(t) for t in self.taps]
+        if self.vsock:
+            specs.append(dc.VsockSpec.parse(self.vsock))
+        if self.rng:
+            specs.append(dc.RngSpec())
+        if self.balloon is not None:
+            specs.append(dc.BalloonSpec.parse(self.balloon))
+        return specs
 
     def check(self) -> None:
         if not 1 <= self.cpus <= 254:
@@ -82,13 +115,21 @@ class IrqLine:
 
 
 class Machine:
-    """One VM. Not reusable: build, start, wait, close."""
+    """One VM. Not reusable: build, start, wait, close.
 
-    def __init__(self, config: MachineConfig, console=None) -> None:
+    `events` (devices.interfaces.EventRegistry, e.g. the worker's loop) serves the virtio
+    devices' fds; it is needed only when the config lists devices."""
+
+    def __init__(self, config: MachineConfig, console=None, events=None) -> None:
         config.check()
+        specs = config.device_specs()  # malformed options fail before anything is opened
         probe_kernel(config.kernel)  # a bad kernel file fails before /dev/kvm is opened
+        if specs and events is None:
+            raise MachineError("virtio devices need an event loop", "pass events= to Machine")
         self.config = config
         self.console = console
+        self.events = events
+        self.transports: list = []
         self._end: ExitState | None = None
         self._end_lock = threading.Lock()
         self._mmio_devices: list[tuple[int, int, object]] = []
@@ -96,7 +137,12 @@ class Machine:
         self._log_fd = -1
         self.vcpus = None
         self.boot_kind = ""
-        self._build()
+        try:
+            self._build()
+            self._add_devices(specs)
+        except BaseException:
+            self.close()
+            raise
 
     # -- construction ----------------------------------------------------------------------
     def _build(self) -> None:
@@ -119,22 +165,39 @@ class Machine:
         self.pio, self.mmio = pio_bus(), mmio_bus()
         self._add_legacy_devices()
         self._next_mmio = L.VIRTIO_MMIO_BASE
-        self._next_irq = L.FIRST_VIRTIO_IRQ
 
     def _add_legacy_devices(self) -> None:
         from devices.legacy.i8042 import I8042
-        from devices.legacy.power import AcpiPowerPort, PvPanic
-        from devices.legacy.serial import Serial
+        from devices.legacy.power import AcpiPm, AcpiReset, PvPanic
+        from devices.legacy._serial import FastSerial
 
-        self.serial = Serial(self.irq_line(L.COM1_IRQ), out=self._console_out)
+        # Served in C, TX in batches (per line, burst or 2 ms): see devices/legacy/_serial.pyx
+        self.serial = FastSerial(self.irq_line(L.COM1_IRQ), out=self._console_out)
         self.pio.register(L.COM1_PORT, 8, self.serial)
-        self.i8042 = I8042(on_reset=lambda: self._finish(ExitState("reboot", detail="i8042 reset")))
+        self.i8042 = I8042(on_reset=lambda: self._finish(_ended("reboot", detail="i8042 reset")))
         self.pio.register(L.I8042_DATA_PORT, 1, self.i8042.data_port)
         self.pio.register(L.I8042_CMD_PORT, 1, self.i8042)
-        self.pio.register(L.ACPI_SLEEP_PORT, 1, AcpiPowerPort(self._power_event))
+        self.acpi_pm = AcpiPm(self._power_event)
+        self.pio.register(L.ACPI_PM1A_EVT_PORT, 4, self.acpi_pm.event_block)
+        self.pio.register(L.ACPI_PM1A_CNT_PORT, 2, self.acpi_pm.control_block)
+        self.pio.register(L.ACPI_RESET_PORT, 1, AcpiReset(self._power_event))
         self.pio.register(L.PVPANIC_PORT, 1, PvPanic(self._power_event))
         for port, size in PROBE_PORTS:
             self.pio.register_constant(port, size)
+
+    def _add_devices(self, specs) -> None:
+        """Open every device's backend and attach it. TAPs are opened inside the VM's
+        network namespace (only this thread enters it, only while they are opened)."""
+        from contextlib import nullcontext
+
+        if self.config.netns:
+            from vmm.network.netns import entered
+            where = entered(self.config.netns)
+        else:
+            where = nullcontext()
+        with where:
+            for spec in specs:
+                self.add_virtio(spec.build())
 
     def irq_line(self, gsi: int) -> IrqLine:
         line = IrqLine(self.vm, gsi)
@@ -147,15 +210,36 @@ class Machine:
         command line. Returns (address, irq); call before start()."""
         if self.vcpus is not None:
             raise MachineError("devices must be attached before the machine starts")
-        if self._next_irq > L.LAST_IRQ:
+        if len(self._mmio_devices) >= len(L.VIRTIO_IRQS):
             raise MachineError("no free interrupt line for another MMIO device",
-                               f"at most {L.LAST_IRQ - L.FIRST_VIRTIO_IRQ + 1} devices")
-        addr, irq = self._next_mmio, self._next_irq
+                               f"a machine has at most {len(L.VIRTIO_IRQS)} virtio devices")
+        addr, irq = self._next_mmio, L.VIRTIO_IRQS[len(self._mmio_devices)]
         self.mmio.register(addr, size, device)
         self._mmio_devices.append((addr, irq, device))
         self._next_mmio += max(size, L.VIRTIO_MMIO_SIZE)
-        self._next_irq += 1
         return addr, irq
+
+    def add_virtio(self, device):
+        """Put a virtio device behind a virtio-mmio transport: its MMIO window, one KVM
+        ioeventfd per queue (kicks never reach Python on a vCPU thread) and an irqfd.
+        Returns the transport; call before start()."""
+        from devices.virtio.mmio import MmioTransport
+
+        transport = MmioTransport(device, self.mem, None, self.events)
+        try:
+            addr, irq = self.attach_mmio_device(transport)
+        except BaseException:
+            transport.close()
+            raise
+        self.transports.append(transport)
+        transport.interrupt = self.irq_line(irq)
+        for offset, datamatch, fd in transport.ioeventfds():
+            self.vm.ioeventfd(fd, addr + offset, 4, datamatch=datamatch)
+        return transport
+
+    def device(self, kind: type):
+        """The first attached virtio device of class `kind`, or None."""
+        return next((t.device for t in self.transports if isinstance(t.device, kind)), None)
 
     def cmdline(self) -> str:
         return boot.assemble_cmdline(self.config.cmdline, self.config.extra_cmdline,
@@ -179,13 +263,13 @@ class Machine:
         if reason == RunExit.HLT:
             return True  # only without an in-kernel LAPIC; the next interrupt wakes it
         end = {
-            RunExit.SHUTDOWN: ExitState("triple_fault", detail=f"vCPU {thread.index}: triple fault"),
-            RunExit.POWEROFF: ExitState("poweroff"),
-            RunExit.RESET: ExitState("reboot"),
-            RunExit.CRASH: ExitState("panic", detail="KVM system event: crash"),
+            RunExit.SHUTDOWN: _ended("triple_fault", detail=f"vCPU {thread.index}: triple fault"),
+            RunExit.POWEROFF: _ended("poweroff"),
+            RunExit.RESET: _ended("reboot"),
+            RunExit.CRASH: _ended("panic", detail="KVM system event: crash"),
         }.get(reason)
         if end is None:
-            end = ExitState("error", detail=self._error_detail(thread, reason))
+            end = _ended("error", detail=self._error_detail(thread, reason))
         self._finish(end)
         return False
 
@@ -203,11 +287,11 @@ class Machine:
 
     def _power_event(self, event: str) -> None:
         if event == "poweroff":
-            self._finish(ExitState("poweroff"))
+            self._finish(_ended("poweroff"))
         elif event == "reboot":
-            self._finish(ExitState("reboot", detail="ACPI reset"))
+            self._finish(_ended("reboot", detail="ACPI reset"))
         elif event in ("panic", "crash_loaded"):
-            self._finish(ExitState("panic", detail=f"pvpanic: {event}"))
+            self._finish(_ended("panic", detail=f"pvpanic: {event}"))
 
     def _finish(self, end: ExitState) -> None:
         """Record how the VM ended (the first report wins) and stop every vCPU. Called on
@@ -219,10 +303,15 @@ class Machine:
             self.vcpus.stop(timeout=0)
 
     def kill(self) -> None:
-        self._finish(ExitState("killed"))
+        self._finish(_ended("killed"))
 
     # -- vmm.worker.vm.VirtualMachine --------------------------------------------------------
-    vsock_socket = None  # no vsock device until one is attached by the virtio code
+    @property
+    def vsock_socket(self) -> str | None:
+        """The host Unix socket of the vsock device (Firecracker's model), if any."""
+        from devices.virtio.config import VsockSpec
+
+        return VsockSpec.parse(self.config.vsock).uds_path if self.config.vsock else None
 
     def pause(self) -> None:
         self.vcpus.pause()
@@ -231,8 +320,8 @@ class Machine:
         self.vcpus.resume()
 
     def request_shutdown(self) -> None:
-        """The platform has no ACPI power button (hardware-reduced, no GED): a graceful
-        stop goes through the guest agent; the worker kills the VM after its timeout."""
+        """The platform has no ACPI power button (the FADT says so): a graceful stop goes
+        through the guest agent; the worker kills the VM after its timeout."""
 
     def wait(self, timeout: float | None = None) -> ExitState | None:
         """Block until every vCPU has ended; how the VM ended, or None on timeout."""
@@ -242,11 +331,12 @@ class Machine:
             exits = self.vcpus.wait(timeout)
         except VcpuError:
             return None
+        self.serial.flush()  # what the guest sent after its last newline or burst
         with self._end_lock:
             if self._end is None:
                 errors = [e for e in exits.values() if e is not None and e.error is not None]
                 detail = "; ".join(f"{type(e.error).__name__}: {e.error}" for e in errors)
-                self._end = ExitState("error", detail=detail or "vCPUs ended without a reason")
+                self._end = _ended("error", detail=detail or "vCPUs ended without a reason")
             return self._end
 
     def write_console(self, data: bytes) -> int:
@@ -266,15 +356,21 @@ class Machine:
                 "mmio_exits": sum(lp.mmio_exits for lp in loops)}
 
     def close(self) -> None:
+        """Release everything; safe on a half-built machine and when called twice."""
         if self.vcpus is not None:
             self.vcpus.stop()
+        for transport in self.transports:
+            transport.close()
+        self.transports = []
         for line in self._irq_lines:
             line.close()
+        self._irq_lines = []
         self.vcpus = None
         self.pio = self.mmio = None  # free the C bus tables while their module is alive
-        self.vm.close()
-        self.mem.close()
-        self.kvm.close()
+        for name in ("vm", "mem", "kvm"):
+            part = self.__dict__.pop(name, None)
+            if part is not None:
+                part.close()
         if self._log_fd >= 0:
             os.close(self._log_fd)
             self._log_fd = -1
@@ -288,12 +384,14 @@ class Machine:
 
 def worker_factory(config: dict, console, events) -> Machine:
     """`vmm.worker.vm` factory: `config` holds MachineConfig fields (kernel, initrd,
-    cmdline, cpus, memory, console_log, hugepages, extra_cmdline)."""
-    fields = set(MachineConfig.__dataclass_fields__)
+    cmdline, cpus, memory, console_log, hugepages, extra_cmdline, disks, taps, vsock,
+    rng, balloon, netns)."""
+    fields = set(MachineConfig._fields)
     unknown = set(config) - fields
     if unknown:
         raise ConfigError(f"unknown machine settings: {', '.join(sorted(unknown))}")
     cfg = dict(config)
-    if "extra_cmdline" in cfg:
-        cfg["extra_cmdline"] = tuple(cfg["extra_cmdline"])
-    return Machine(MachineConfig(**cfg), console=console)
+    for key in ("extra_cmdline", "disks", "taps"):
+        if key in cfg:
+            cfg[key] = tuple(cfg[key])
+    return Machine(MachineConfig(**cfg), console=console, events=events)

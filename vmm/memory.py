@@ -5,7 +5,7 @@ above the 32-bit MMIO hole at [4 GiB, 4 GiB + rest). The memfd is contiguous: re
 i's bytes live at memfd offset `memfd_offset` (0, then 3 GiB), so snapshot / branch
 code can share or map the file directly (`GuestMemory.memfd`).
 
-    mem = GuestMemory(512 << 20, hugepages=False)
+    mem = GuestMemory(512 << 20, hugepages=None)   # None: THP when the host allows it
     mem.register(vm)              # KVM slots 0 (and 1)
     mem.write(0x1000, b"...")     # bounds-checked; GuestMemoryError when outside RAM
     mem.read(gpa, n); mem.view(gpa, n); mem.host_address(gpa, n)
@@ -22,7 +22,7 @@ import mmap
 import os
 from collections import namedtuple
 
-from devices.interfaces import GuestMemoryError
+from devices.errors import GuestMemoryError
 from vmm.errors import ConfigError, HostError
 
 PAGE_SIZE = 4096
@@ -40,9 +40,10 @@ E820_RAM = 1
 E820_RESERVED = 2
 
 THP_SHMEM = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"  # a str: pathlib costs start-up
+THP_MODES = ("always", "within_size", "advise", "force")  # modes where MADV_HUGEPAGE works
 
 __all__ = ["GuestMemory", "GuestMemoryError", "Region", "MMIO_HOLE_START", "MMIO_HOLE_END",
-           "E820_RAM", "E820_RESERVED"]
+           "E820_RAM", "E820_RESERVED", "thp_available"]
 
 
 # A namedtuple rather than a dataclass: dataclasses pull in `inspect`, ~5 ms of worker start.
@@ -74,21 +75,40 @@ def _thp_shmem_mode() -> str:
     return text[text.index("[") + 1:text.index("]")] if "[" in text else text.strip()
 
 
-class GuestMemory:
-    """memfd-backed guest RAM of `size` bytes (page multiple, >= 1 MiB)."""
+def thp_available() -> bool:
+    """Whether MADV_HUGEPAGE on a memfd mapping gets transparent huge pages here."""
+    return _thp_shmem_mode() in THP_MODES
 
-    def __init__(self, size: int, hugepages: bool = False, name: str = "mm-guest-ram") -> None:
+
+def _want_hugepages(size: int, hugepages: bool | None) -> bool:
+    if hugepages is None:   # auto: what the host allows, for sizes THP can cover
+        return size % HUGE_PAGE_SIZE == 0 and thp_available()
+    if hugepages:
+        if size % HUGE_PAGE_SIZE:
+            raise ConfigError(f"guest memory size {size} is not a multiple of 2 MiB",
+                              "huge pages need a 2 MiB multiple")
+        mode = _thp_shmem_mode()
+        if mode not in THP_MODES:
+            raise HostError(f"transparent huge pages for shared memory are '{mode}'",
+                            f"echo advise > {THP_SHMEM}, or run without huge pages")
+    return bool(hugepages)
+
+
+class GuestMemory:
+    """memfd-backed guest RAM of `size` bytes (page multiple, >= 1 MiB).
+
+    `hugepages`: True requires transparent huge pages (HostError when the host's shmem
+    THP setting forbids them), False never asks, None asks when the host allows it. They
+    matter for boot time: KVM maps guest memory in 2 MiB steps only where the host
+    mapping is huge, and every 4 KiB fault is a VM exit, which nested (the lab) costs
+    about as much as the guest's own work on that page. `self.hugepages` is what was
+    chosen."""
+
+    def __init__(self, size: int, hugepages: bool | None = False, name: str = "mm-guest-ram") -> None:
         if not isinstance(size, int) or size < MIN_SIZE or size % PAGE_SIZE:
             raise ConfigError(f"guest memory size {size!r} is invalid",
                               "use a multiple of 4 KiB, at least 1 MiB (e.g. 512M)")
-        if hugepages:
-            if size % HUGE_PAGE_SIZE:
-                raise ConfigError(f"guest memory size {size} is not a multiple of 2 MiB",
-                                  "huge pages need a 2 MiB multiple")
-            mode = _thp_shmem_mode()
-            if mode not in ("always", "within_size", "advise", "force"):
-                raise HostError(f"transparent huge pages for shared memory are '{mode}'",
-                                f"echo advise > {THP_SHMEM}, or run without huge pages")
+        hugepages = _want_hugepages(size, hugepages)
         self.size = size
         self.hugepages = hugepages
         self.memfd = os.memfd_create(name, os.MFD_CLOEXEC)

@@ -21,7 +21,7 @@ import enum
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from vmm.arch.x86 import cpuid as cpuid_mod
 from vmm.arch.x86 import msrs as msrs_mod
@@ -59,7 +59,8 @@ class VcpuExit:
 def configure(kvm, vcpu, ncpus: int, supported=None) -> None:
     """CPUID (with this vCPU's topology), boot MSRs, FPU, XCR0 and LAPIC LINT pins."""
     supported = supported if supported is not None else kvm.supported_cpuid()
-    vcpu.set_cpuid2(cpuid_mod.vcpu_cpuid(supported, vcpu.index, ncpus))
+    deadline = vcpu.vm.has_irqchip and kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER") > 0
+    vcpu.set_cpuid2(cpuid_mod.vcpu_cpuid(supported, vcpu.index, ncpus, tsc_deadline=deadline))
     vcpu.set_msrs(msrs_mod.boot_msrs(kvm))
     regs_mod.setup_fpu(vcpu)
     regs_mod.setup_xcr0(vcpu, supported)

@@ -22,6 +22,8 @@ void config_defaults(struct boot_config *c)
     c->ifname = xstrdup("eth0");
     c->agent_port = 1024;
     c->attach_port = 1025;
+    c->rows = 24;
+    c->cols = 80;
     c->stop_timeout = 10;
 }
 
@@ -113,6 +115,10 @@ int config_apply(struct boot_config *c, const char *key, const char *v, char *er
     else if (!strcmp(key, "stdio")) {
         if (strcmp(v, "console") && strcmp(v, "vsock")) goto bad;
         c->stdio_vsock = !strcmp(v, "vsock");
+    } else if (!strcmp(key, "tty")) c->tty = !strcmp(v, "1");
+    else if (!strcmp(key, "rows") || !strcmp(key, "cols")) {
+        if (parse_uint(v, 65535, &n) < 0 || n == 0) goto bad;
+        *(key[0] == 'r' ? &c->rows : &c->cols) = (unsigned short)n;
     } else if (!strcmp(key, "agent_port")) {
         if (parse_uint(v, 0xffffffffu, &n) < 0) goto bad;
         c->agent_port = n;

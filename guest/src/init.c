@@ -90,6 +90,9 @@ static void workload_spec(struct proc_spec *spec)
         strv_push(&spec->argv, cfg.argv.v[i]);
     spec->cwd = cfg.workdir ? xstrdup(cfg.workdir) : NULL;
     spec->user = cfg.user ? xstrdup(cfg.user) : NULL;
+    spec->tty = cfg.tty;
+    spec->rows = cfg.rows;
+    spec->cols = cfg.cols;
     if (spec->cwd)
         mkdir_p(spec->cwd, 0755); /* OCI: WorkingDir is created if missing */
 }

@@ -46,6 +46,8 @@ struct boot_config {
     int mtu;
     int ssh;
     int stdio_vsock;           /* workload stdio on an attach stream, else console */
+    int tty;                   /* attach mode: the workload gets a PTY of rows x cols */
+    unsigned short rows, cols;
     unsigned agent_port, attach_port;
     char *agent_path, *attach_path; /* Unix sockets instead of vsock (host tests) */
     int stop_timeout;          /* seconds between SIGTERM and SIGKILL on shutdown */

@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
-COM1, ACPI_PORT, PVPANIC, I8042 = 0x3F8, 0x3C0, 0x505, 0x64
+# ACPI_PORT is the high byte of the PM1a control register (0x604): bits 2-4 there are
+# SLP_TYP, bit 5 is SLP_EN, so the byte (5 << 2) | (1 << 5) is "enter S5".
+COM1, ACPI_PORT, PVPANIC, I8042 = 0x3F8, 0x605, 0x505, 0x64
 LOAD = 0x100000
 
 pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),

@@ -1,9 +1,8 @@
 """mm-init in a real guest: `mm boot` with our initrd, the workload's exit status
 comes back as the console's `MM-EXIT code=N signal=S` line and the guest powers off.
 
-The result line is also written to /dev/kmsg, so it shows even while the console's
-tty output does not (see the xfail below). `mm boot` has no disk option yet, so the image is a busybox cpio appended to the
-initrd and the boot config names no root (init keeps the initramfs as root); the
+The result line is also written to /dev/kmsg (a second path to the host). The image is a
+busybox cpio appended to the initrd and the boot config names no root (init keeps the initramfs as root); the
 root-disk + overlay path is covered on the host by tests/guest/test_init_namespace.py.
 """
 from __future__ import annotations
@@ -62,8 +61,6 @@ def test_workload_exit_status_reaches_the_host(kernel, guest_host, name, script,
     assert result.returncode == 0, "the guest should power off (ACPI S5)"
 
 
-@pytest.mark.xfail(reason="mm boot's serial console shows no user-space tty output yet (only printk); "
-                          "tests/e2e/test_boot.py's MM-INIT lines are missing the same way", strict=False)
 def test_workload_output_on_the_console(kernel, guest_host):
     path = initrd("hello", ["/bin/sh", "-c", "echo workload says hi"])
     result = guest_host.run([MM, "boot", "--kernel", kernel, "--initrd", path, "--memory", "256m"], timeout=600)

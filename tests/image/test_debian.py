@@ -50,7 +50,13 @@ def test_debian_with_whiteouts(registry, debian_tar, tmp_path, cache):
     registry.push(layout, "mm/debian", "12")
     img = resolve(f"{registry.host}/mm/debian:12")
     assert len(img.layers) == 2
-    erofs = img.rootfs_path
+    ext4 = img.rootfs_path  # the default format
+    assert ext4.suffix == ".ext4"
+    ls = subprocess.run(["debugfs", "-R", "ls -l /etc", str(ext4)], capture_output=True, text=True).stdout
+    assert "mm-release" in ls and "debian_version" not in ls  # the second layer's file and whiteout
+    from vmm.image.rootfs import build
+
+    erofs = build(img.store, img.digest, img.layer_pairs(), "erofs")
     assert erofs.suffix == ".erofs"
     doc = _dump(erofs, "/usr/share/doc", ls=True).stdout
     assert "mm-only" in doc and " apt\n" not in doc and "dpkg" not in doc

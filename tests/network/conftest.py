@@ -21,6 +21,14 @@ import pytest
 from vmm.network import links, netns
 
 TAG = f"mmt{os.getpid() % 100000}"
+# With MM_NETNS_PREFIX=TAG- our bridges and host table carry the tag (vmm.network.scope).
+BRIDGE0, BRIDGE1 = f"{TAG}0", f"{TAG}1"
+HOST_TABLE = f"mm_{TAG}"
+
+
+def host_rules() -> str:
+    """Our host table as `nft list` prints it (in the calling thread's namespace)."""
+    return subprocess.run(["nft", "list", "table", "ip", HOST_TABLE], capture_output=True, text=True).stdout
 
 
 def _run(*cmd: str) -> str:
@@ -38,7 +46,7 @@ def host_snapshot() -> dict[str, set[str]]:
 
 def _ours(link: str) -> bool:
     """Link names our code and these tests make (other engineers share this host)."""
-    return bool(re.match(r"^(mm\d+|mmv.*|mmeth0|mmtap0|mmup0|mmx0)$", link))
+    return bool(re.match(rf"^(mm\d+|{TAG}\d+|mmv.*|mmeth0|mmtap0|mmup0|mmx0)$", link))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,7 +58,8 @@ def real_host_left_clean():
     after = host_snapshot()
     assert not {n for n in after["netns"] if n.startswith(TAG)}, "namespaces left behind"
     assert not {n for n in after["links"] - before["links"] if _ours(n)}, "links left behind"
-    assert "table ip mm" not in after["nft_tables"] - before["nft_tables"], "nft table left behind"
+    new_tables = after["nft_tables"] - before["nft_tables"]
+    assert not {"table ip mm", f"table ip {HOST_TABLE}"} & new_tables, "nft table left behind"
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from vmm.network import attachment as net
 from vmm.network import netns
-from tests.network.conftest import ns_state, settled, tcp_get
+from tests.network.conftest import BRIDGE0, host_rules, ns_state, settled, tcp_get
 
 VM1 = "aaaa1111bbbb2222"
 VM2 = "cccc3333dddd4444"
@@ -25,15 +25,15 @@ def test_attach_builds_namespace_bridge_veth_tap_routes_and_rules(host):
     assert a.host_ip == "10.88.0.2" and netns.exists(a.netns)
     assert a.kernel_ip_arg() == "ip=172.31.255.2::172.31.255.1:255.255.255.252::eth0:off"
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "mm0:" in links and f"{net.veth_name(VM1)}@" in links and "master mm0" in links
+    assert f"{BRIDGE0}:" in links and f"{net.veth_name(VM1)}@" in links and f"master {BRIDGE0}" in links
     inside = _in_ns(a.netns, "ip", "-o", "addr")
     assert "mmeth0" in inside and "10.88.0.2/16" in inside and "172.31.255.1/30" in inside
     assert "default via 10.88.0.1 dev mmeth0" in _in_ns(a.netns, "ip", "route")
     assert "52:54:00:6d:6d:01" in _in_ns(a.netns, "ip", "link", "show", "mmtap0")
     assert "dnat to 172.31.255.2" in _in_ns(a.netns, "nft", "list", "table", "ip", "mm")
-    host_rules = subprocess.run(["nft", "list", "table", "ip", "mm"], capture_output=True, text=True).stdout
-    assert "ip saddr @outbound oifname != @bridges masquerade" in host_rules
-    assert "elements = { 10.88.0.0/16 }" in host_rules
+    rules = host_rules()
+    assert "ip saddr @outbound oifname != @bridges masquerade" in rules
+    assert "elements = { 10.88.0.0/16 }" in rules
     assert net.lookup(VM1) == a
     net.detach(VM1)
 
@@ -50,7 +50,7 @@ def test_reattach_with_other_ports_replaces_them(host):
     net.attach(VM1, publish=["18080:80", "18081:81"])
     a = net.attach(VM1, publish=["18081:81", "18082:82/udp"])
     assert [p["host_port"] for p in a.ports] == [18081, 18082]
-    rules = subprocess.run(["nft", "list", "table", "ip", "mm"], capture_output=True, text=True).stdout
+    rules = host_rules()
     assert "18080" not in rules and "18081 : 10.88.0.2 . 81" in rules and "18082 : 10.88.0.2 . 82" in rules
     assert [p["host_port"] for p in net.lookup(VM1).ports] == [18081, 18082]
     net.detach(VM1)

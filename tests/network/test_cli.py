@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from vmm.network import attachment as net
+from tests.network.conftest import BRIDGE0, BRIDGE1
 
 
 def mm(*args: str) -> subprocess.CompletedProcess:
@@ -16,7 +17,7 @@ def test_create_ls_inspect_rm(host):
     assert mm("create", "lab", "--subnet", "10.89.0.0/24", "--internal").stdout == "lab\n"
     rows = json.loads(mm("ls", "--json").stdout)
     assert [(r["name"], r["bridge"], r["subnet"], r["internal"]) for r in rows] == [
-        ("mm", "mm0", "10.88.0.0/16", False), ("lab", "mm1", "10.89.0.0/24", True)]
+        ("mm", BRIDGE0, "10.88.0.0/16", False), ("lab", BRIDGE1, "10.89.0.0/24", True)]
     table = mm("ls").stdout.splitlines()
     assert table[0].split() == ["NAME", "BRIDGE", "SUBNET", "GATEWAY", "INTERNAL", "MACHINES"]
     net.attach("vm1", network="lab", publish=["18090:80"])
@@ -43,5 +44,19 @@ def test_prune_json(host):
     net.attach("vm1")
     net.set_owner("vm1", 2**22 + 7)  # a pid that does not exist
     report = json.loads(mm("prune", "--json").stdout)
-    assert report["leases"] == ["vm1"] and "mm0" in report["links"]
+    assert report["leases"] == ["vm1"] and BRIDGE0 in report["links"]
     assert json.loads(mm("prune", "--json").stdout) == {"leases": [], "links": [], "namespaces": []}
+
+
+def test_prune_keeps_the_lease_of_an_existing_machine(host):
+    from vmm.machines.db import open_control
+
+    rec = open_control().machines.create("mm/default", name="keeper", labels={}, auto_remove=False, config={})
+    net.attach(rec.id)
+    net.set_owner(rec.id, 2**22 + 7)  # the `mm run -d` that attached it has ended
+    net.attach("orphan")
+    net.set_owner("orphan", 2**22 + 7)
+    report = json.loads(mm("prune", "--json").stdout)
+    assert report["leases"] == ["orphan"]
+    assert net.lookup(rec.id) is not None
+    net.detach(rec.id)

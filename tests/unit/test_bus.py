@@ -105,3 +105,30 @@ def test_c_io_handler_must_be_a_capsule():
     with pytest.raises(TypeError):
         bus.register(0x10, 1, Bad())
     assert bus.lookup(0x10) is None     # refused entirely, on both sides
+
+
+def test_fastbus_in_a_collected_cycle_frees_cleanly():
+    """A device referring back to its bus makes a cycle; the GC then clears the FastBus's
+    Python attributes before __dealloc__, which must still free every table quietly."""
+    import subprocess
+    import sys
+
+    code = """
+from vmm.bus import pio_bus
+class D:
+    def read(self, offset, size): return 0
+    def write(self, offset, size, value): pass
+def make():
+    bus = pio_bus()
+    for i in range(3):
+        d = D()
+        bus.register(0x10 + i, 1, d)
+        d.fast = bus.fast
+for _ in range(5):
+    make()
+import gc
+gc.collect()
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr and "TypeError" not in result.stderr, result.stderr

@@ -110,3 +110,20 @@ def test_hugepages_request(monkeypatch, tmp_path):
     with GuestMemory(64 * MiB, hugepages=True) as mem:
         mem.write(0, b"x")
         assert mem.hugepages
+
+
+def test_hugepages_auto_follows_the_host(monkeypatch, tmp_path):
+    from vmm import memory
+
+    fake = tmp_path / "shmem_enabled"
+    monkeypatch.setattr(memory, "THP_SHMEM", str(fake))
+    fake.write_text("always within_size advise [never] deny force\n")
+    with GuestMemory(64 * MiB, hugepages=None) as mem:
+        assert not mem.hugepages        # not allowed here: 4 KiB pages, no error
+    fake.write_text("always within_size [advise] never deny force\n")
+    with GuestMemory(64 * MiB, hugepages=None) as mem:
+        assert mem.hugepages
+    with GuestMemory(64 * MiB + 4096, hugepages=None) as mem:
+        assert not mem.hugepages        # THP cannot cover a size that is no 2 MiB multiple
+    with GuestMemory(64 * MiB, hugepages=False) as mem:
+        assert not mem.hugepages

@@ -6,7 +6,8 @@
 everything Python must decide about: HLT, SHUTDOWN (triple fault), POWEROFF / RESET /
 CRASH (KVM_EXIT_SYSTEM_EVENT), INTERNAL_ERROR, FAIL_ENTRY, PAUSED, and errors. Python
 devices are called with the GIL re-acquired only for their own accesses; C devices
-(see runloop.pxd) and constant ranges are served without it.
+(see runloop.pxd) and constant ranges are served without it; a C device may pass an
+access it does not serve back to its own Python read/write.
 
 Pausing: `request_pause()` sets a flag and kvm_run.immediate_exit, and the caller sends
 KICK_SIGNAL to the vCPU thread (`install_kick_signal()` installs a no-op handler without
@@ -134,28 +135,43 @@ cdef inline void _store_le(uint8_t *p, uint32_t size, uint64_t v) noexcept nogil
         p[i] = <uint8_t>(v >> (8 * i))
 
 
+cdef struct retired_t:
+    bus_table_t *table
+    retired_t *next
+
+
 cdef class FastBus:
     """The C side of a PIO or MMIO bus: an immutable sorted table swapped on change.
 
     Old tables are retired (freed with the bus), so a vCPU thread looking up while
-    another thread registers a device never reads freed memory."""
+    another thread registers a device never reads freed memory. The retired list is C
+    (not a Python list): the cyclic GC may clear a FastBus's Python attributes before
+    __dealloc__ runs (a device often refers back to the machine owning the bus), and the
+    tables must still be freed then."""
     cdef bus_table_t *table
-    cdef list _retired
+    cdef retired_t *retired
     cdef dict _keep     # every object any table (old or new) points at, by id
     cdef public uint64_t unhandled
 
     def __cinit__(self):
         self.table = <bus_table_t *>malloc(sizeof(bus_table_t))
+        if self.table == NULL:
+            raise MemoryError()
         self.table.n = 0
         self.table.ranges = NULL
-        self._retired = []
+        self.retired = NULL
         self._keep = {}
         self.unhandled = 0
 
     def __dealloc__(self):
+        cdef retired_t *r = self.retired
+        cdef retired_t *nxt
         self._free(self.table)
-        for t in self._retired:
-            self._free(<bus_table_t *><size_t>t)
+        while r != NULL:
+            nxt = r.next
+            self._free(r.table)
+            free(r)
+            r = nxt
 
     cdef void _free(self, bus_table_t *t) noexcept:
         if t != NULL:
@@ -167,10 +183,17 @@ cdef class FastBus:
         device None means a constant range; a device with c_io_handler() is served in C."""
         cdef int n = len(ranges)
         cdef bus_table_t *t = <bus_table_t *>malloc(sizeof(bus_table_t))
+        cdef retired_t *node = <retired_t *>malloc(sizeof(retired_t))
         cdef io_handler_t *h
+        if t == NULL or node == NULL:
+            free(t)
+            free(node)
+            raise MemoryError()
         t.n = n
         t.ranges = <bus_range_t *>malloc(sizeof(bus_range_t) * (n if n else 1))
         try:
+            if t.ranges == NULL:
+                raise MemoryError()
             for i, (base, size, device, value) in enumerate(ranges):
                 t.ranges[i].base = base
                 t.ranges[i].size = size
@@ -188,6 +211,7 @@ cdef class FastBus:
                     t.ranges[i].kind = _KIND_C
                     t.ranges[i].fn = h.fn
                     t.ranges[i].ctx = h.ctx
+                    t.ranges[i].obj = <void *>device  # for accesses fn passes back (rc 1)
                     self._keep[id(cap)] = cap
                 else:
                     t.ranges[i].kind = _KIND_PYTHON
@@ -195,10 +219,12 @@ cdef class FastBus:
                 self._keep[id(device)] = device
         except BaseException:
             self._free(t)
+            free(node)
             raise
-        old = self.table
+        node.table = self.table
+        node.next = self.retired
+        self.retired = node
         self.table = t          # one pointer store: readers see the old or the new table
-        self._retired.append(<size_t>old)
 
     cdef bus_range_t *find(self, uint64_t addr, uint32_t size) noexcept nogil:
         cdef bus_table_t *t = self.table
@@ -395,6 +421,7 @@ cdef class RunLoop:
     cdef int _dispatch(self, FastBus bus, uint64_t addr, uint8_t *data, uint32_t size,
                        bint is_write) noexcept nogil:
         cdef bus_range_t *r = bus.find(addr, size)
+        cdef int rc
         if r == NULL:
             # Nothing there: reads float high like an empty ISA bus, writes vanish.
             bus.unhandled += 1
@@ -402,7 +429,11 @@ cdef class RunLoop:
                 memset(data, 0xFF, size)
             return 0
         if r.kind == _KIND_C:
-            return r.fn(r.ctx, addr - r.base, data, size, is_write)
+            rc = r.fn(r.ctx, addr - r.base, data, size, is_write)
+            if rc <= 0:
+                return rc
+            # The C side serves only its hot registers; the device's Python does the rest.
+            return self._python_io(<object>r.obj, addr - r.base, data, size, is_write)
         if r.kind == _KIND_CONST:
             if not is_write:
                 _store_le(data, size, r.value)

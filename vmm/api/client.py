@@ -102,6 +102,23 @@ class WorkerClient:
         sock.settimeout(None)
         return sock
 
+    def attach(self, offset: int | None = None, stdin: bool = False) -> tuple[socket.socket, int]:
+        """A blocking socket carrying the workload's stdio as agent frames (STDOUT,
+        STDERR, EXIT from the guest; STDIN, STDIN_EOF, RESIZE, SIGNAL to it, stdin ones
+        only with `stdin`), and the output.log offset it starts at. With `offset`, the
+        log from there is replayed first, without gaps or repeats."""
+        sock = self._connect(self.timeout)
+        try:
+            args: dict[str, Any] = {"stdin": stdin}
+            if offset is not None:
+                args["offset"] = offset
+            result, _ = self._exchange(sock, "attach", args)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock, int(result.get("offset", 0))
+
     def exec(self, port: int) -> socket.socket:
         """A stream connected to `port` of the guest's vsock (the exec agent's port)."""
         sock = self._connect(self.timeout)

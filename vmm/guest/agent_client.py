@@ -5,7 +5,8 @@ agent running on the host (tests), the VM's vsock Unix socket together with
 `vsock_port=` (Firecracker's host model: `CONNECT <port>\\n` -> `OK <hostport>\\n`),
 or any callable returning a connected socket. It offers `exec()` (collects output
 into an ExecResult), `start()` (a streaming Exec: write stdin, resize, signal,
-iterate output), `copy_in`/`copy_out` (tar streams) and `shutdown`.
+iterate output), `copy_in`/`copy_out` (tar streams; `copy_in_archive`/
+`copy_out_archive` hand the raw archive to a callback) and `shutdown`.
 """
 from __future__ import annotations
 
@@ -14,25 +15,27 @@ import os
 import signal as _signal
 import socket
 import struct
-import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from vmm.guest.errors import AgentError, AgentProtocolError
+from vmm.plain import REQUIRED, Frozen
 from vmm.guest.protocol import CHUNK, HELLO, Frame, FrameReader, encode, records
 
 Connector = Callable[[], socket.socket]
 
 
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int          # 0-255, or 128+N when killed by signal N
-    signal: int             # N when killed by a signal, else 0
-    stdout: bytes
-    stderr: bytes
+# A vmm.plain.Frozen record, not a dataclass: `mm run`'s path imports no dataclasses (and so
+# no inspect, ast, dis, tokenize), a second of start-up under the lab's emulation.
+class ExecResult(Frozen):
+    FIELDS = {
+        "exit_code": REQUIRED,  # 0-255, or 128+N when killed by signal N
+        "signal": REQUIRED,     # N when killed by a signal, else 0
+        "stdout": REQUIRED,     # bytes
+        "stderr": REQUIRED,     # bytes
+    }
 
 
 def vsock_connect(uds_path: str | os.PathLike, port: int, timeout: float | None = 10.0) -> socket.socket:
@@ -239,14 +242,25 @@ class AgentClient:
 
     def copy_in(self, src: str | os.PathLike, dest_dir: str) -> None:
         """Copies a host file or directory into the guest directory dest_dir."""
+        import tarfile
+
         src = Path(src)
         if not src.exists():
             raise AgentError(f"{src} does not exist")
+
+        def write(stream: BinaryIO) -> None:
+            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                tar.add(src, arcname=src.name)
+
+        self.copy_in_archive(dest_dir, write)
+
+    def copy_in_archive(self, dest_dir: str, write: Callable[[BinaryIO], None]) -> None:
+        """COPY_IN: `write(stream)` writes a tar archive to `stream` (its bytes become
+        DATA frames); the guest extracts it into dest_dir (created)."""
         sock, reader = self._open(Frame.COPY_IN, records([("path", dest_dir)]))
         with sock:
             try:
-                with tarfile.open(fileobj=_DataWriter(sock), mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                    tar.add(src, arcname=src.name)
+                write(_DataWriter(sock))
                 sock.sendall(encode(Frame.DATA_EOF))
             except OSError as e:
                 _raise_pending(reader, e)
@@ -254,16 +268,27 @@ class AgentClient:
 
     def copy_out(self, src: str, dest_dir: str | os.PathLike) -> None:
         """Copies the guest path src into the host directory dest_dir."""
-        sock, reader = self._open(Frame.COPY_OUT, records([("path", src)]))
-        with sock:
-            stream = _DataReader(reader)
+        import tarfile
+
+        def read(stream: BinaryIO) -> None:
             try:
                 with tarfile.open(fileobj=stream, mode="r|") as tar:
                     for member in tar:
-                        _check_member(member, src)
+                        check_member(member, src)
                         tar.extract(member, os.fspath(dest_dir), set_attrs=not member.issym())
             except tarfile.TarError as e:
                 raise AgentError(f"copy out of {src}: bad archive from the guest: {e}") from e
+
+        self.copy_out_archive(src, read)
+
+    def copy_out_archive(self, src: str, read: Callable[[BinaryIO], None]) -> None:
+        """COPY_OUT: `read(stream)` reads the guest's tar archive of src (the path under
+        its base name) from `stream`; what it leaves unread is drained. An exception
+        from `read` closes the stream at once (the agent stops archiving)."""
+        sock, reader = self._open(Frame.COPY_OUT, records([("path", src)]))
+        with sock:
+            stream = _DataReader(reader)
+            read(stream)
             stream.drain()
             _expect_ok(reader, f"copy out of {src}")
 
@@ -286,9 +311,10 @@ def _feed(ex: Exec, stdin: bytes | BinaryIO) -> None:
         pass  # the command exited or the stream broke; output() reports which
 
 
-def _check_member(member: tarfile.TarInfo, src: str) -> None:
-    """What the guest sends is untrusted: nothing may land outside dest_dir.
-    (Python 3.11.2 has no extraction filters, so this is done by hand.)"""
+def check_member(member, src: str) -> None:
+    """A tarfile.TarInfo from the guest is untrusted: nothing may land outside the
+    destination, and only files, directories and links are accepted; the mode is
+    reduced to permission bits. (Python 3.11.2 has no extraction filters.)"""
     def unsafe(name: str) -> bool:
         return name.startswith("/") or ".." in Path(name).parts
 

@@ -13,10 +13,10 @@ merged by key, WorkingDir and User are replaced when given.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from vmm.guest.errors import BootConfigError
+from vmm.plain import REQUIRED, Frozen
 
 VERSION = 1
 _NETWORK_KEYS = ("hostname", "ip", "gw", "ifname", "mtu")
@@ -48,41 +48,52 @@ def merge_env(base: Sequence[str], extra: Sequence[str]) -> list[str]:
     return list(out.values())
 
 
-@dataclass
-class BootConfig:
-    argv: list[str]
-    env: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    user: str | None = None
-    hostname: str = "mm"
-    root: str | None = "/dev/vda"
-    rootfstype: str | None = None          # None: erofs, then ext4
-    overlay: str | None = "/dev/vdb"       # None: the upper layer lives in tmpfs
-    overlayfstype: str = "ext4"
-    ip: str | None = None                  # "A.B.C.D/PREFIX"
-    gw: str | None = None
-    dns: list[str] = field(default_factory=list)
-    ifname: str = "eth0"
-    mtu: int | None = None
-    ssh: bool = False
-    stdio: Literal["console", "vsock"] = "console"
-    agent_port: int = 1024
-    attach_port: int = 1025
-    agent_path: str | None = None          # Unix socket instead of vsock (host tests)
-    attach_path: str | None = None
-    stop_timeout: int = 10
-    shutdown: Literal["poweroff", "reboot"] = "poweroff"
-    debug: bool = False
+# A vmm.plain.Frozen record, not a dataclass: `mm run`'s path imports no dataclasses (and so
+# no inspect, ast, dis, tokenize), a second of start-up under the lab's emulation.
+class BootConfig(Frozen):
+    """What the guest's init is told (rendered into /mm/config), by field name:"""
 
-    def __post_init__(self) -> None:
+    FIELDS = {
+        "argv": REQUIRED,  # list[str]
+        "env": [],  # list[str]
+        "workdir": None,  # str | None
+        "user": None,  # str | None
+        "hostname": "mm",  # str
+        "root": "/dev/vda",  # str | None
+        "rootfstype": None,  # str | None; None: erofs, then ext4
+        "overlay": "/dev/vdb",  # str | None; None: the upper layer lives in tmpfs
+        "overlayfstype": "ext4",  # str
+        "ip": None,  # str | None; "A.B.C.D/PREFIX"
+        "gw": None,  # str | None
+        "dns": [],  # list[str]
+        "ifname": "eth0",  # str
+        "mtu": None,  # int | None
+        "ssh": False,  # bool
+        "stdio": "console",  # Literal["console", "vsock"]
+        "tty": False,  # bool; stdio=vsock: the workload gets a PTY (docker run -t)
+        "rows": 24,  # int
+        "cols": 80,  # int
+        "agent_port": 1024,  # int
+        "attach_port": 1025,  # int
+        "agent_path": None,  # str | None; Unix socket instead of vsock (host tests)
+        "attach_path": None,  # str | None
+        "stop_timeout": 10,  # int
+        "shutdown": "poweroff",  # Literal["poweroff", "reboot"]
+        "debug": False,  # bool
+    }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         if not self.argv:
             raise BootConfigError("the workload has no command",
                                   hint="the image has neither Entrypoint nor Cmd: give a command")
         if self.stdio not in ("console", "vsock"):
             raise BootConfigError(f"stdio must be console or vsock, not {self.stdio!r}")
+        if not (0 < self.rows < 65536 and 0 < self.cols < 65536):
+            raise BootConfigError(f"terminal size {self.rows}x{self.cols} is out of range")
         if self.shutdown not in ("poweroff", "reboot"):
             raise BootConfigError(f"shutdown must be poweroff or reboot, not {self.shutdown!r}")
-        self.env = _env_list(self.env)
+        self.__dict__["env"] = _env_list(self.env)  # normalized once, as the record is built
 
     @classmethod
     def from_oci(cls, image_config: Mapping[str, Any] | None, *,
@@ -118,6 +129,8 @@ class BootConfig:
         pairs += [("arg", a) for a in self.argv]
         pairs += [("env", e) for e in self.env]
         pairs += [("dns", d) for d in self.dns]
+        if self.tty:
+            pairs += [("tty", "1"), ("rows", str(self.rows)), ("cols", str(self.cols))]
         pairs += [("ifname", self.ifname), ("ssh", "1" if self.ssh else "0"), ("stdio", self.stdio),
                   ("agent_port", str(self.agent_port)), ("attach_port", str(self.attach_port)),
                   ("stop_timeout", str(self.stop_timeout)), ("shutdown", self.shutdown),

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmm.guest.errors import SshKeyError
+from vmm.plain import REQUIRED, Frozen
 
 
-@dataclass(frozen=True)
-class SshKeys:
-    host_key: Path        # dropbear private key, goes into the guest
-    host_public: str      # "ssh-ed25519 AAAA..." for known_hosts
-    user_key: Path        # OpenSSH private key for `ssh -i`
-    user_public: str      # the authorized_keys line
+# A vmm.plain.Frozen record, not a dataclass: `mm run`'s path imports no dataclasses (and so
+# no inspect, ast, dis, tokenize), a second of start-up under the lab's emulation.
+class SshKeys(Frozen):
+    FIELDS = {
+        "host_key": REQUIRED,     # Path: dropbear private key, goes into the guest
+        "host_public": REQUIRED,  # "ssh-ed25519 AAAA..." for known_hosts
+        "user_key": REQUIRED,     # Path: OpenSSH private key for `ssh -i`
+        "user_public": REQUIRED,  # the authorized_keys line
+    }
 
     def known_hosts_line(self, host: str) -> str:
         return f"{host} {self.host_public}\n"

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from functools import cached_property
 from pathlib import Path
@@ -17,19 +16,19 @@ from vmm.image import manifest as mf
 from vmm.image.errors import ImageNotFound
 from vmm.image.reference import Reference, parse
 from vmm.image.store import Store
+from vmm.plain import REQUIRED, Frozen
 
 DEFAULT_IMAGE = "mm/default:latest"
 
 
-@dataclasses.dataclass
-class Image:
-    """One local image: its name, manifest digest, OCI config and layers."""
+# A vmm.plain.Frozen record, not a dataclass: `mm run`'s path imports no dataclasses (and so
+# no inspect, ast, dis, tokenize), a second of start-up under the lab's emulation.
+class Image(Frozen):
+    """One local image: its name, manifest digest, OCI config and layers (the cached
+    properties below fill in its __dict__ on first use, which Frozen allows)."""
 
-    name: str
-    digest: str
-    manifest: dict[str, Any]
-    store: Store
-    index_digest: str | None = None
+    FIELDS = {"name": REQUIRED, "digest": REQUIRED, "manifest": REQUIRED,  # str, str, dict
+              "store": REQUIRED, "index_digest": None}                     # Store, str | None
 
     @cached_property
     def config_blob(self) -> dict[str, Any]:

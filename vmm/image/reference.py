@@ -6,10 +6,10 @@ names get the `library/` namespace.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 
 from vmm.image.errors import ReferenceError_
+from vmm.plain import REQUIRED, Frozen
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -20,14 +20,12 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-@dataclasses.dataclass(frozen=True)
-class Reference:
+# A vmm.plain.Frozen record, not a dataclass: `mm run`'s path imports no dataclasses (and so
+# no inspect, ast, dis, tokenize), a second of start-up under the lab's emulation.
+class Reference(Frozen):
     """A parsed reference; `tag` is None only when a digest is given alone."""
 
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
+    FIELDS = {"registry": REQUIRED, "repository": REQUIRED, "tag": None, "digest": None}  # str, str, str|None, str|None
 
     @property
     def name(self) -> str:

@@ -5,7 +5,7 @@ Runs under the host's /usr/bin/python3 with -I -S, so it imports only the standa
 command, forwarded by QEMU from a 127.0.0.1 port of the host:
 
   client -> agent   one JSON line: {"token", "op": "exec"|"ping"|"poweroff", "argv", "env",
-                    "cwd", "timeout"}
+                    "cwd", "timeout", "refresh"}   (refresh: see Refresher)
   agent -> client   frames: kind (1 byte) + length (4 bytes, big endian) + payload
                     b"O" stdout bytes, b"E" stderr bytes, b"X" a JSON result
                     ({"rc": int, "timed_out": bool} or {"error": str}); X is the last frame.
@@ -92,10 +92,65 @@ class Reaper:
                 time.sleep(0.01)  # its Popen.wait() is about to collect it
 
 
+class Refresher:
+    """Makes the lab's loose-cached code shares current when a request carries a new
+    stamp of the host's code (vmm/lab/freshness.py says why). Thread-safe.
+
+    A 9p share cannot be mounted afresh while anything still uses it (virtio-9p has one
+    channel per tag, and a lazily unmounted mount keeps it: "no channels available"), so
+    instead the kernel's caches are dropped: with no cached dentry, inode or page left
+    for a file, its next look-up asks the host again. Files held open by running
+    processes keep their view, as they should. The first stamp after boot is taken as
+    current (the shares were mounted at boot)."""
+
+    DROP_CACHES = "/proc/sys/vm/drop_caches"
+    DROP_WAIT = 30.0  # seconds a command waits for the drop before it runs anyway
+
+    def __init__(self) -> None:
+        self.stamp: str | None = None
+        self._lock = threading.Lock()
+
+    def _drop_caches(self) -> str | None:
+        """Drop dentries and inodes (an evicted inode's pages go with it); dirty pages are
+        the lab's own writes, current by definition, so nothing is synced first (a sync
+        once waited minutes on a writable share's backlog and hung every command). The
+        write runs on a thread so a slow drop delays a command by DROP_WAIT at most."""
+        errors: list[str] = []
+
+        def drop() -> None:
+            try:
+                with open(self.DROP_CACHES, "w") as f:
+                    f.write("2\n")
+            except OSError as e:
+                errors.append(f"dropping the lab's caches for the host's new code failed: {e}")
+
+        worker = threading.Thread(target=drop, daemon=True)
+        worker.start()
+        worker.join(self.DROP_WAIT)
+        return errors[0] if errors else None
+
+    def apply(self, refresh) -> str | None:
+        """None when the shares are current (caches dropped if need be), else an error."""
+        if not refresh:
+            return None
+        stamp = refresh.get("stamp") if isinstance(refresh, dict) else None
+        if not isinstance(stamp, str):
+            return "bad refresh request"
+        with self._lock:
+            if self.stamp is not None and stamp != self.stamp:
+                problem = self._drop_caches()
+                if problem:
+                    return problem
+                print(f"[{_uptime():.2f}] mm-lab: the host's code changed: caches dropped", flush=True)
+            self.stamp = stamp
+        return None
+
+
 class Agent:
     def __init__(self, token: str) -> None:
         self.token = token
         self.reaper = Reaper()
+        self.refresher = Refresher()
 
     def serve(self, port: int) -> None:
         threading.Thread(target=self.reaper.run, daemon=True).start()
@@ -150,6 +205,10 @@ class Agent:
 
     def exec(self, conn: socket.socket, req: dict) -> None:
         argv, env, cwd, timeout = req.get("argv"), req.get("env") or {}, req.get("cwd") or "/", req.get("timeout")
+        problem = self.refresher.apply(req.get("refresh"))
+        if problem:
+            self._result(conn, {"error": problem})
+            return
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             self._result(conn, {"error": "argv must be a non-empty list of strings"})
             return

@@ -73,16 +73,22 @@ if [ -d $R/usr/lib/modules ]; then
   mkdir -p "$R/usr/lib/modules/$MM_KVER"
   mount --bind "$R$MM_MODULES" "$R/usr/lib/modules/$MM_KVER" || fail "bind the module tree"
   echo /sbin/mm-modprobe > /proc/sys/kernel/modprobe
-  # Neither is autoloaded here: nfnetlink by netlink socket creation (nft then says
-  # "Protocol not supported"), nor tun by opening /dev/net/tun, which exists only once
-  # tun is loaded. Load both up front.
-  chroot $R /sbin/modprobe -a nf_tables tun || log "modprobe nf_tables tun failed: VM networking will not work in the lab"
+  # The kernel's module requests do not reach the helper here: nfnetlink is not loaded
+  # by netlink socket creation (nft then says "Protocol not supported"), tun not by
+  # opening /dev/net/tun, bridge not by `ip link add type bridge` ("Unknown device
+  # type"). Load what VM networking (vmm/network: bridge, veth, TAP, nft NAT) uses.
+  chroot $R /sbin/modprobe -a nf_tables tun bridge veth nft_nat nft_masq nft_chain_nat nft_ct nft_fib_ipv4 \
+    || log "modprobe of the networking modules failed: VM networking will not work in the lab"
 fi
 ip link set lo up
 ip link set eth0 up && ip addr add "$MM_ADDR" dev eth0 && ip route add default via "$MM_GATEWAY" \
   || fail "network"
 hostname mm-lab
 echo lab > $R/run/mm-lab
+# Our VMM's guest RAM is a memfd (shmem), whose THP is off by default; KVM then maps it
+# in 4 KiB steps, each a nested exit here. "advise" gives huge pages only to mappings
+# that ask (vmm/memory.py), as QEMU's anonymous RAM gets them with THP "always".
+echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled || log "no shmem THP: guests boot slower"
 log "starting agent"
 exec chroot $R "$MM_PYTHON" -I -S "$MM_AGENT" --port "$MM_PORT" --token-file "$MM_TOKEN_FILE"
 """

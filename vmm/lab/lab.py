@@ -52,17 +52,27 @@ def lab_shares() -> tuple[Share, ...]:
     guest_state = runtime_dir() / "guest-state"
     shares = [
         Share("host", Path("/"), writable=False, cache="loose"),
-        Share("repo", paths.REPO_ROOT, writable=True, cache="mmap"),
+        # Loose-cached (imports are mostly 9p look-ups): kept current by vmm.lab.freshness.
+        Share("repo", paths.REPO_ROOT, writable=True, cache="loose"),
         Share("cache", paths.cache_dir(), writable=True, cache="mmap"),
         Share("state", guest_state, writable=True, cache="mmap", guest_path=paths.state_dir()),
         Share("results", results_dir(), writable=True, cache="mmap"),
     ]
     venv = paths.REPO_ROOT / ".venv"
     if venv.is_dir():
-        # Read-mostly and imported on every `mm`/pytest start: cached inside (a pip install
-        # on the host shows up after `mm lab down`).
+        # Read-mostly and imported on every `mm`/pytest start: cached inside, refreshed like
+        # the checkout when a pip install changes it (vmm.lab.freshness).
         shares.append(Share("venv", venv, writable=False, cache="loose"))
     return tuple(shares)
+
+
+def code_refresh() -> dict:
+    """The stamp of the host's code, for the agent to drop its caches of the loose-cached
+    shares when it is new (vmm.lab.freshness)."""
+    from vmm.lab.freshness import code_stamp, venv_stamp
+
+    venv = paths.REPO_ROOT / ".venv"
+    return {"stamp": code_stamp(paths.REPO_ROOT) + (venv_stamp(venv) if venv.is_dir() else "")}
 
 
 class Lab:
@@ -82,6 +92,16 @@ class Lab:
             return json.loads((self.dir / "lab.json").read_text())
         except (OSError, ValueError):
             return None
+
+    def _check_checkout(self) -> None:
+        """The lab shares one checkout (the `repo` share, at its host path): a command
+        from another checkout would find that one's path missing or read-only inside."""
+        theirs = (self._info() or {}).get("checkout")
+        if theirs and theirs != str(paths.REPO_ROOT):
+            raise LabError(
+                f"the running lab serves the checkout {theirs}, not this one ({paths.REPO_ROOT})",
+                "use that checkout's mm, stop the lab once its users are done (`mm lab down`), "
+                "or give this checkout a private lab with its own MM_STATE")
 
     def _pid(self) -> int | None:
         try:
@@ -218,7 +238,7 @@ class Lab:
         )
         (self.dir / "lab.json").write_text(json.dumps({
             "port": port, "memory_mib": self.settings.memory_mib, "cpus": self.settings.cpus,
-            "kernel": str(assets.vmlinuz), "argv": argv,
+            "kernel": str(assets.vmlinuz), "argv": argv, "checkout": str(paths.REPO_ROOT),
         }, indent=2))
         try:
             res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
@@ -334,7 +354,9 @@ class Lab:
             raise LabError(f"bad timeout {timeout}", "give a positive number of seconds")
         if not self.is_ready():
             self.ensure_up()
-        req = {"op": "exec", "argv": list(argv), "env": forwarded_env(env), "cwd": str(cwd or "/"), "timeout": timeout}
+        self._check_checkout()
+        req = {"op": "exec", "argv": list(argv), "env": forwarded_env(env), "cwd": str(cwd or "/"), "timeout": timeout,
+               "refresh": code_refresh()}
         # The agent enforces the timeout; the socket's own is a safety net if the lab hangs.
         with self.lease():
             out, err, result = self._request(req, timeout=None if timeout is None else timeout + 30, on_output=on_output)

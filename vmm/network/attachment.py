@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pyroute2 import IPRoute
 
 from vmm import store
-from vmm.network import dns, ipam, links, netns, nft
+from vmm.network import dns, ipam, links, netns, nft, scope
 from vmm.network import ports as portspec
 from vmm.network.errors import BadPortSpec, NetworkError, NftError  # noqa: F401 (NetworkError re-exported)
 
@@ -68,7 +68,7 @@ class NetworkAttachment:
 
 
 def netns_prefix() -> str:
-    return os.environ.get("MM_NETNS_PREFIX") or "mm-"
+    return scope.prefix()
 
 
 def short(vm_id: str) -> str:

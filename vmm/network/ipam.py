@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 
 from vmm import store
+from vmm.network import scope
 from vmm.network.errors import (  # noqa: F401 (re-exported for callers of ipam)
     BadSubnet, NetworkExists, NetworkInUse, NetworkNotFound, PoolExhausted, SubnetOverlap)
 
 AREA = "network"
 DEFAULT_NAME = "mm"
 DEFAULT_SUBNET = "10.88.0.0/16"
-BRIDGE_PREFIX = "mm"
 # The addressing every guest sees inside its VM namespace (see vmm.network.attachment).
 GUEST_SUBNET = ipaddress.ip_network("172.31.255.0/30")
 
@@ -123,13 +123,15 @@ def list_networks(conn: sqlite3.Connection) -> list[Network]:
 
 
 def _free_bridge(conn: sqlite3.Connection, name: str) -> str:
+    """`mm0` for the default network, then `mm1`, `mm2`... (another stem for another scope)."""
+    stem = scope.bridge_stem()
     if name == DEFAULT_NAME:
-        return "mm0"
+        return f"{stem}0"
     used = {r[0] for r in conn.execute("SELECT bridge FROM networks")}
     n = 1
-    while f"{BRIDGE_PREFIX}{n}" in used:
+    while f"{stem}{n}" in used:
         n += 1
-    return f"{BRIDGE_PREFIX}{n}"
+    return f"{stem}{n}"
 
 
 def create_network(conn, name: str, subnet: str, internal: bool, host_routes) -> Network:

@@ -7,6 +7,7 @@ IFF_VNET_HDR): the kernel refuses to attach a queue whose flags differ.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import os
@@ -28,8 +29,12 @@ MAIN_TABLE = 254
 LOCAL_TABLE = 255
 
 
-def _fail(what: str, exc: NetlinkError) -> NetworkError:
-    return NetworkError(f"{what}: {os.strerror(exc.code)} (netlink errno {exc.code})")
+def _fail(what: str, exc: NetlinkError, module: str | None = None) -> NetworkError:
+    message = f"{what}: {os.strerror(exc.code)} (netlink errno {exc.code})"
+    if module and exc.code == errno.EOPNOTSUPP:
+        # The kernel lacks the link type; some hosts (the lab) do not load modules on demand.
+        return NetworkError(message, hint=f"load the {module} module: modprobe {module}")
+    return NetworkError(message)
 
 
 def index(ipr: IPRoute, name: str) -> int | None:
@@ -73,7 +78,7 @@ def ensure_bridge(ipr: IPRoute, name: str, address: str, prefixlen: int) -> int:
             ipr.link("add", ifname=name, kind="bridge", state="up")
         except NetlinkError as exc:
             if exc.code != 17:  # EEXIST: another process made it first
-                raise _fail(f"creating bridge {name}", exc) from None
+                raise _fail(f"creating bridge {name}", exc, "bridge") from None
         link = ipr.link("get", ifname=name)[0]
     if not link["flags"] & 1:  # IFF_UP
         set_up(ipr, name)
@@ -107,7 +112,7 @@ def ensure_veth(ipr: IPRoute, host_name: str, peer_name: str, netns_path: str, b
                 return
             except NetlinkError as exc:
                 if exc.code != 17:
-                    raise _fail(f"creating veth {host_name}", exc) from None
+                    raise _fail(f"creating veth {host_name}", exc, "veth") from None
             if not fresh or attempt == 2:
                 break
             delete(ipr, host_name)

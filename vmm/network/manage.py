@@ -20,13 +20,14 @@ from vmm.network import attachment, ipam, links, netns
 _VETH_RE = re.compile(r"^mmv[A-Za-z0-9_.-]{1,12}$")
 
 
-def _kind(ipr: IPRoute, name: str) -> str | None:
+def _kind(ipr: IPRoute, name: str) -> tuple[str | None, int | None]:
+    """The link's kind ("veth", "bridge"...) and its master's index."""
     try:
         found = ipr.link("get", ifname=name)
     except NetlinkError:
-        return None  # gone meanwhile (namespaces are destroyed asynchronously)
+        return None, None  # gone meanwhile (namespaces are destroyed asynchronously)
     info = found[0].get("IFLA_LINKINFO") if found else None
-    return info.get("IFLA_INFO_KIND") if info else None
+    return (info.get("IFLA_INFO_KIND") if info else None), (found[0].get("IFLA_MASTER") if found else None)
 
 
 def create(name: str, subnet: str, internal: bool = False, conn=None) -> ipam.Network:
@@ -53,7 +54,7 @@ def list_all(conn=None) -> list[dict]:
     conn = conn or ipam.open_db()
     with IPRoute() as ipr:
         attachment.ensure_default(conn, ipr)
-        present = set(links.names(ipr, "mm"))
+        present = set(links.names(ipr))
     rows = []
     for net in ipam.list_networks(conn):
         count = conn.execute("SELECT COUNT(*) FROM leases WHERE network = ?", (net.name,)).fetchone()[0]
@@ -104,11 +105,17 @@ def prune(is_live: Callable[[ipam.Lease], bool] | None = None, conn=None) -> Pru
         if name[len(prefix):] not in leased and _looks_like_ours(name) and netns.remove(name):
             report.namespaces.append(name)
     with IPRoute() as ipr:
-        for name in links.names(ipr, "mm"):
-            orphan_veth = _VETH_RE.match(name) and name[3:] not in leased and _kind(ipr, name) == "veth"
-            # Only bridges of our own networks: another tool's "mm7" is not ours to delete.
-            idle_bridge = name in idle_bridges and _kind(ipr, name) == "bridge"
-            if (orphan_veth or idle_bridge) and links.delete(ipr, name):
+        ours = {links.index(ipr, n.bridge) for n in ipam.list_networks(conn)} - {None}
+        for name in links.names(ipr, "mmv"):
+            kind, master = _kind(ipr, name)
+            # Only a veth on one of our bridges: another store's VMs (another namespace
+            # prefix, other bridges) are not ours to cut off.
+            if (_VETH_RE.match(name) and name[3:] not in leased and kind == "veth" and master in ours
+                    and links.delete(ipr, name)):
+                report.links.append(name)
+        # Only bridges of our own networks: another tool's "mm7" is not ours to delete.
+        for name in sorted(idle_bridges):
+            if _kind(ipr, name)[0] == "bridge" and links.delete(ipr, name):
                 report.links.append(name)
     attachment.sync_host(conn)
     return report

@@ -1,6 +1,7 @@
 """nftables rules, loaded through libnftables in-process.
 
-We own exactly one table, `ip mm`, in the host namespace and one in each VM namespace;
+We own exactly one table in the host namespace (`ip mm`; another name for another
+namespace prefix, see `vmm.network.scope`) and one, `ip mm`, in each VM namespace;
 nothing else in the ruleset is touched. The host table's rules are static and read
 sets and maps that hold the data (bridges, subnets, published ports), so attaching a
 VM only *adds* elements. That matters for speed: on this kernel any nft transaction
@@ -12,7 +13,9 @@ store in one transaction, which is how prune repairs a crash.
 Host table: masquerade for VM traffic leaving through a non-mm interface (not from
 internal networks), published ports as DNAT maps (prerouting for traffic from
 elsewhere, output for the host's own connections, loopback included), a forward filter
-fencing internal networks (traffic may stay on their bridge, nothing enters or leaves), and a guard. Loopback DNAT works through
+fencing networks: nothing enters or leaves an internal network's bridge, and no new
+connection crosses from one mm network to another (published ports excepted, as with
+Docker's user-defined networks), and a guard. Loopback DNAT works through
 `route_localnet=1` on the bridges plus masquerading 127.0.0.0/8 sources onto them; the
 guard drops packets arriving from a bridge addressed to 127.0.0.0/8, which
 route_localnet would otherwise let a guest send to the host's loopback services.
@@ -26,11 +29,13 @@ from __future__ import annotations
 import ctypes
 import functools
 
+from vmm.network import scope
 from vmm.network.errors import NftError
 from vmm.network.ipam import Network
 from vmm.network.ports import ANY, PortMapping
 
-TABLE = "mm"
+VM_TABLE = "mm"  # inside a VM namespace: private to it, so never scoped
+MODULES = "nf_tables nft_nat nft_masq nft_chain_nat nft_ct nft_fib_ipv4"
 
 
 @functools.cache
@@ -62,43 +67,49 @@ def run(script: str) -> None:
         if lib.nft_run_cmd_from_buffer(ctx, script.encode()) != 0:
             detail = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace").strip()
             raise NftError(f"nft rejected our rules: {detail or 'no detail'}",
-                           hint="mm needs root and a kernel with nf_tables NAT (`mm doctor`)")
+                           hint=f"mm needs root and a kernel with nf_tables NAT (`mm doctor`); where "
+                                f"modules do not load on demand, `modprobe -a {MODULES}`")
     finally:
         lib.nft_ctx_free(ctx)
 
 
 def _chain(name: str, hook: str | None, rules: list[str]) -> list[str]:
-    """Declare (idempotently), empty and refill one chain of our table."""
+    """Declare (idempotently), empty and refill one chain of the VM namespace's table."""
     spec = f" {{ {hook}; policy accept; }}" if hook else ""
-    return [f"add chain ip {TABLE} {name}{spec}", f"flush chain ip {TABLE} {name}",
-            *(f"add rule ip {TABLE} {name} {rule}" for rule in rules)]
+    return [f"add chain ip {VM_TABLE} {name}{spec}", f"flush chain ip {VM_TABLE} {name}",
+            *(f"add rule ip {VM_TABLE} {name} {rule}" for rule in rules)]
 
 
 def _script(chains: list[list[str]]) -> str:
-    lines = [f"add table ip {TABLE}"]
+    lines = [f"add table ip {VM_TABLE}"]
     for chain in chains:
         lines += chain
     return "\n".join(lines) + "\n"
 
 
 def exists() -> bool:
-    """Whether our table exists in the calling thread's namespace."""
+    """Whether our host table exists in the calling thread's namespace."""
     try:
-        run(f"list table ip {TABLE}")
+        run(f"list table ip {scope.host_table()}")
     except NftError:
         return False
     return True
 
 
 def delete_script() -> str:
-    return f"add table ip {TABLE}\ndelete table ip {TABLE}\n"
+    table = scope.host_table()
+    return f"add table ip {table}\ndelete table ip {table}\n"
 
 
+# The forward chain's `same` set pairs every bridge with itself: with br_netfilter
+# loaded, traffic between two VMs of one bridge passes the forward hook with iif == oif,
+# and stays allowed. Crossing between networks is refused unless the connection was
+# DNATed (a published port), whose replies carry the same conntrack status.
 _HOST_TABLE = """\
-table ip mm {
+table ip @TABLE@ {
   set bridges { type ifname; }
   set internal { type ifname; }
-  set internal_self { type ifname . ifname; }
+  set same { type ifname . ifname; }
   set outbound { type ipv4_addr; flags interval; }
   set subnets { type ipv4_addr; flags interval; }
   map pub_tcp { type inet_service : ipv4_addr . inet_service; }
@@ -131,23 +142,29 @@ table ip mm {
   }
   chain forward {
     type filter hook forward priority filter; policy accept;
-    iifname @internal iifname . oifname != @internal_self drop
-    oifname @internal iifname . oifname != @internal_self drop
+    iifname @internal iifname . oifname != @same drop
+    oifname @internal iifname . oifname != @same drop
+    iifname @bridges oifname @bridges iifname . oifname != @same ct status & dnat == 0 drop
   }
 }
 """
 
 
+def host_table_script() -> str:
+    """The host table's declaration (sets, maps, chains) under this scope's name."""
+    return _HOST_TABLE.replace("@TABLE@", scope.host_table())
+
+
 def network_elements(network: Network) -> list[str]:
     """Make `network` known to the host table (idempotent: `add element` of a member is a no-op)."""
-    lines = [f'add element ip {TABLE} bridges {{ "{network.bridge}" }}',
-             f"add element ip {TABLE} subnets {{ {network.subnet} }}"]
+    t = scope.host_table()
+    lines = [f'add element ip {t} bridges {{ "{network.bridge}" }}',
+             f'add element ip {t} same {{ "{network.bridge}" . "{network.bridge}" }}',
+             f"add element ip {t} subnets {{ {network.subnet} }}"]
     if network.internal:
-        lines.append(f'add element ip {TABLE} internal {{ "{network.bridge}" }}')
-        # With br_netfilter loaded, traffic between two VMs of one bridge passes the forward hook.
-        lines.append(f'add element ip {TABLE} internal_self {{ "{network.bridge}" . "{network.bridge}" }}')
+        lines.append(f'add element ip {t} internal {{ "{network.bridge}" }}')
     else:
-        lines.append(f"add element ip {TABLE} outbound {{ {network.subnet} }}")
+        lines.append(f"add element ip {t} outbound {{ {network.subnet} }}")
     return lines
 
 
@@ -159,11 +176,12 @@ def _port_key(p: PortMapping) -> tuple[str, str]:
 
 def port_elements(op: str, vm_ip: str, mappings: list[PortMapping]) -> list[str]:
     """`add` or `delete` the published ports of one VM."""
+    t = scope.host_table()
     lines = []
     for p in mappings:
         name, key = _port_key(p)
         value = f" : {vm_ip} . {p.guest_port}" if op == "add" else ""
-        lines.append(f"{op} element ip {TABLE} {name} {{ {key}{value} }}")
+        lines.append(f"{op} element ip {t} {name} {{ {key}{value} }}")
     return lines
 
 
@@ -173,7 +191,7 @@ def lines(items: list[str]) -> str:
 
 def full_host_script(networks: list[Network], published: list[tuple[str, PortMapping]]) -> str:
     """The whole host table from scratch, replacing what is there, in one transaction."""
-    body = [delete_script(), _HOST_TABLE]
+    body = [delete_script(), host_table_script()]
     for network in networks:
         body += network_elements(network)
     for vm_ip, mapping in published:

@@ -39,17 +39,45 @@ def test_every_table_checksums_to_zero(ncpus):
     assert len(found[b"FACP"]) == 276
 
 
-def test_fadt_is_hardware_reduced_with_sleep_and_reset_registers():
-    t = tables.fadt(0x1234, 0x3C0)
+def test_fadt_is_a_classic_platform_with_pm1_blocks_sci_and_reset():
+    t = tables.fadt(0x1234, 0x5640, sci_irq=9, pm1a_evt=0x600, pm1a_cnt=0x604, reset_port=0x3C0)
+    assert struct.unpack_from("<I", t, 36)[0] == 0x5640 and struct.unpack_from("<Q", t, 132)[0] == 0x5640
     assert struct.unpack_from("<I", t, 40)[0] == 0x1234
     assert struct.unpack_from("<Q", t, 140)[0] == 0x1234
+    assert struct.unpack_from("<H", t, 46)[0] == 9
+    assert struct.unpack_from("<I", t, 48)[0] == 0          # SMI_CMD: always in ACPI mode
+    assert struct.unpack_from("<II", t, 56) == (0x600, 0)
+    assert struct.unpack_from("<II", t, 64) == (0x604, 0)
+    assert (t[88], t[89], t[91], t[92]) == (4, 2, 0, 0)     # PM1 lengths; no PM timer, no GPE0
     flags = struct.unpack_from("<I", t, 112)[0]
-    assert flags & (1 << 20) and flags & (1 << 10)
-    # GAS: system I/O, 8 bits, byte access, port 0x3C0 (reset, sleep control, sleep status)
-    for off in (116, 244, 256):
-        assert t[off:off + 12] == bytes([1, 8, 0, 1]) + struct.pack("<Q", 0x3C0)
+    # Not hardware-reduced: Linux keeps the legacy PIC and identity-maps ISA IRQs.
+    assert not flags & tables.FADT_HW_REDUCED_ACPI
+    assert flags & tables.FADT_RESET_REG_SUP and flags & tables.FADT_PWR_BUTTON
+    boot_arch = struct.unpack_from("<H", t, 109)[0]
+    assert boot_arch & (1 << 5) and not boot_arch & (1 << 1)  # no CMOS RTC, no 8042
+    assert t[116:128] == bytes([1, 8, 0, 1]) + struct.pack("<Q", 0x3C0)
     assert t[128] == 1
+    assert t[148:160] == bytes([1, 32, 0, 0]) + struct.pack("<Q", 0x600)
+    assert t[172:184] == bytes([1, 16, 0, 0]) + struct.pack("<Q", 0x604)
     assert t[8] == 6
+
+
+def test_facs_is_64_bytes_and_aligned_where_the_fadt_points():
+    f = tables.facs()
+    assert len(f) == 64 and f[:4] == b"FACS" and struct.unpack_from("<I", f, 4)[0] == 64
+    blob, _ = acpi.build(base=layout.ACPI_ADDR, ncpus=2)
+    fadt = _tables(blob, layout.ACPI_ADDR)[b"FACP"]
+    facs_addr = struct.unpack_from("<Q", fadt, 132)[0]
+    assert facs_addr % 64 == 0
+    off = facs_addr - layout.ACPI_ADDR
+    assert blob[off:off + 64] == f
+
+
+def test_madt_overrides_the_sci_as_active_high_level():
+    t = tables.madt(1, layout.LAPIC_ADDR, layout.IOAPIC_ADDR, sci_irq=9)
+    iso = bytes([2, 10, 0, 9]) + struct.pack("<IH", 9, 0x0D)
+    assert iso in t
+    assert iso not in tables.madt(1, layout.LAPIC_ADDR, layout.IOAPIC_ADDR)
 
 
 @pytest.mark.parametrize("ncpus", [1, 2, 4, 16])

@@ -1,6 +1,7 @@
 """The initramfs: newc layout and what the base and per-VM archives contain."""
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -84,3 +85,24 @@ def test_initrd_with_ssh_carries_dropbear_and_keys(tmp_path, monkeypatch):
         assert f"mm/ssh/{n}" in names
     assert names["mm/ssh/authorized_keys"][1].decode().startswith("ssh-ed25519 ")
     assert keys.host_public.startswith("ssh-ed25519 ")
+
+
+def test_mm_init_is_rebuilt_only_when_a_source_is_newer(tmp_path, monkeypatch):
+    guest = tmp_path / "guest"
+    (guest / "src").mkdir(parents=True)
+    (guest / "out").mkdir()
+    src, makefile, out = guest / "src" / "init.c", guest / "Makefile", guest / "out" / "mm-init"
+    for i, path in enumerate((src, makefile, out)):
+        path.write_text("x")
+        os.utime(path, ns=(10**9 * (i + 1), 10**9 * (i + 1)))  # out is the newest
+    runs = []
+
+    class Made:
+        returncode, stderr = 0, ""
+
+    monkeypatch.setattr(initramfs, "GUEST_DIR", guest)
+    monkeypatch.setattr(initramfs.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(initramfs.subprocess, "run", lambda argv, **kw: (runs.append(argv), Made())[1])
+    assert initramfs.mm_init_binary() == out and runs == []
+    os.utime(src, ns=(10**10, 10**10))  # an edit after the build
+    assert initramfs.mm_init_binary() == out and runs == [["make", "-C", str(guest), "-s"]]

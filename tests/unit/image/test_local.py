@@ -102,7 +102,7 @@ def test_default_image_and_resolve(store):
 
 
 def test_writable_disk_is_sparse(tmp_path):
-    path = create_writable_disk(tmp_path / "rw.ext4", "256M")
+    path = create_writable_disk(tmp_path / "rw.ext4", "256M", tmp_path / "templates")
     st = os.stat(path)
     assert st.st_size == 256 << 20 and st.st_blocks * 512 < 32 << 20
 
@@ -145,3 +145,56 @@ def test_rootfs_keeps_links_nodes_xattrs(store, tmp_path):
     erofs = build(store, img.digest, img.layer_pairs(), "erofs")
     dump = subprocess.run(["dump.erofs", "--path=/d/b", str(erofs)], capture_output=True, text=True).stdout
     assert "Links: 2" in dump
+
+
+def test_writable_disks_copy_one_template_per_size(tmp_path):
+    import subprocess
+
+    templates = tmp_path / "templates"
+    a = create_writable_disk(tmp_path / "a.ext4", "64M", templates)
+    b = create_writable_disk(tmp_path / "b.ext4", "64M", templates)
+    assert [p.name for p in templates.iterdir()] == [f"rw-ext4-{64 << 20}.img"]
+    for disk in (a, b):
+        st = os.stat(disk)
+        assert st.st_size == 64 << 20 and st.st_blocks * 512 < 16 << 20  # holes stayed holes
+        fsck = subprocess.run(["e2fsck", "-n", "-f", str(disk)], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    label = subprocess.run(["e2label", str(a)], capture_output=True, text=True).stdout.strip()
+    assert label == "mm-rw"
+    assert a.read_bytes() == b.read_bytes() == (templates / f"rw-ext4-{64 << 20}.img").read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_disk(tmp_path):
+    import subprocess
+
+    from vmm.image.errors import RootfsError
+
+    templates = tmp_path / "templates"
+    create_writable_disk(tmp_path / "warm.ext4", "64M", templates)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(RootfsError) as err:
+            create_writable_disk(small / "rw.ext4", "64M", templates)
+        assert "cannot create the writable disk" in err.value.message and err.value.hint
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_writable_disk_across_file_systems(tmp_path, monkeypatch):
+    """copy_file_range refused between two file systems (EXDEV, as between the lab's 9p
+    cache and its tmpfs state): the disk is copied by read and write, holes kept."""
+    import errno as errno_
+
+    from vmm.image import rootfs
+
+    def refuse(*args):
+        raise OSError(errno_.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(rootfs.os, "copy_file_range", refuse)
+    disk = create_writable_disk(tmp_path / "x.ext4", "64M", tmp_path / "templates")
+    assert disk.read_bytes() == (tmp_path / "templates" / f"rw-ext4-{64 << 20}.img").read_bytes()
+    assert os.stat(disk).st_blocks * 512 < 16 << 20

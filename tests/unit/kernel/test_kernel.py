@@ -119,3 +119,37 @@ def test_pvh_note_is_found(tmp_path):
     assert pvh_entry(f) is None
     with pytest.raises(k.KernelError, match="no PVH entry note"):
         k.verify_vmlinux(f)
+
+
+STATUS = b"""Package: linux-source-6.1-extra
+Status: install ok installed
+Version: 9.9
+
+Package: linux-source-6.1
+Status: install ok installed
+Priority: optional
+Version: 6.1.192-3
+Description: Linux kernel source
+ Package: not-a-stanza
+ Version: 0
+
+Package: removed-pkg
+Status: deinstall ok config-files
+Version: 1.0
+"""
+
+
+def test_installed_version_reads_dpkg_status_like_dpkg_query(tmp_path):
+    from vmm.kernel import installed_version, source_version
+
+    status = tmp_path / "status"
+    status.write_bytes(STATUS)
+    assert installed_version("linux-source-6.1", status) == "6.1.192-3"
+    assert installed_version("removed-pkg", status) is None  # config files only: not installed
+    assert installed_version("not-a-stanza", status) is None  # inside a description
+    assert installed_version("absent", status) is None
+    assert installed_version("linux-source-6.1", tmp_path / "no-dpkg") is None
+    tarball = tmp_path / "src.tar.xz"
+    tarball.write_bytes(b"x")
+    assert source_version(tarball, status) == "6.1.192-3"
+    assert source_version(tarball, tmp_path / "no-dpkg").startswith("file:1:")

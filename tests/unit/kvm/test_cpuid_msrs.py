@@ -58,6 +58,18 @@ def test_topology(index, ncpus):
     assert (ext.ecx >> 12) & 0xF == cpuid.apic_id_bits(ncpus)
 
 
+def test_tsc_deadline_bit_only_when_asked():
+    # KVM does not list TSC_DEADLINE in KVM_GET_SUPPORTED_CPUID (it needs the in-kernel
+    # LAPIC); the VMM sets it with one and clears it without.
+    deadline = cpuid.LEAF1_ECX_TSC_DEADLINE
+    for src_ecx in (SUPPORTED[1].ecx & ~deadline, SUPPORTED[1].ecx | deadline):
+        supported = list(SUPPORTED)
+        supported[1] = E(1, eax=SUPPORTED[1].eax, ebx=SUPPORTED[1].ebx, ecx=src_ecx, edx=SUPPORTED[1].edx)
+        assert not by_key(cpuid.vcpu_cpuid(supported, 0, 1))[(1, 0)].ecx & deadline
+        leaf1 = by_key(cpuid.vcpu_cpuid(supported, 0, 1, tsc_deadline=True))[(1, 0)]
+        assert leaf1.ecx == src_ecx | deadline | cpuid.LEAF1_ECX_HYPERVISOR
+
+
 def test_hypervisor_leaves_pass_through_unchanged():
     out = by_key(cpuid.vcpu_cpuid(SUPPORTED, 2, 4))
     for e in SUPPORTED:

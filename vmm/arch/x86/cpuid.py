@@ -3,7 +3,10 @@
 Topology: one socket, `ncpus` cores, one thread per core; vCPU i has APIC ID i. We
 rewrite only the topology fields (leaf 1 EBX/EDX.HTT, leaf 4 sharing counts, leaves
 0xB/0x1F x2APIC levels, 0x8000_0008 ECX core count, 0x8000_001E) and set the
-hypervisor bit. Everything KVM reports otherwise is kept, and the hypervisor leaves
+hypervisor bit, plus leaf 1 ECX.TSC_DEADLINE exactly when the in-kernel LAPIC emulates it:
+KVM never lists that bit in KVM_GET_SUPPORTED_CPUID (KVM_CAP_TSC_DEADLINE_TIMER says
+it), and without it Linux calibrates the LAPIC timer against the PIT at boot, which
+costs real time under emulation. Everything KVM reports otherwise is kept, and the hypervisor leaves
 (0x4000_0000-0x4FFF_FFFF: KVM / PVM signature and features, kvm-clock bits) are passed
 through unchanged, because PVM guests depend on them.
 """
@@ -16,6 +19,7 @@ HYPERVISOR_LEAVES = range(0x4000_0000, 0x5000_0000)
 SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 LEAF1_ECX_HYPERVISOR = 1 << 31
 LEAF1_EDX_HTT = 1 << 28
+LEAF1_ECX_TSC_DEADLINE = 1 << 24
 
 
 def apic_id_bits(ncpus: int) -> int:
@@ -34,8 +38,9 @@ def _topology_leaf(function: int, index: int, apic_id: int, ncpus: int) -> S.kvm
     return e
 
 
-def vcpu_cpuid(supported, index: int, ncpus: int) -> list[S.kvm_cpuid_entry2]:
-    """CPUID entries for vCPU `index` of `ncpus` (copies; `supported` is not changed)."""
+def vcpu_cpuid(supported, index: int, ncpus: int, tsc_deadline: bool = False) -> list[S.kvm_cpuid_entry2]:
+    """CPUID entries for vCPU `index` of `ncpus` (copies; `supported` is not changed).
+    `tsc_deadline`: KVM_CAP_TSC_DEADLINE_TIMER holds and the VM has an in-kernel LAPIC."""
     if not 0 <= index < ncpus or ncpus > 255:
         raise ConfigError(f"vCPU {index} of {ncpus} is out of range", "use 1-255 vCPUs")
     out: list[S.kvm_cpuid_entry2] = []
@@ -48,6 +53,7 @@ def vcpu_cpuid(supported, index: int, ncpus: int) -> list[S.kvm_cpuid_entry2]:
         elif f == 1:
             e.ebx = (e.ebx & 0x0000FFFF) | (index << 24) | (ncpus << 16)
             e.ecx |= LEAF1_ECX_HYPERVISOR
+            e.ecx = e.ecx | LEAF1_ECX_TSC_DEADLINE if tsc_deadline else e.ecx & ~LEAF1_ECX_TSC_DEADLINE
             e.edx = e.edx | LEAF1_EDX_HTT if ncpus > 1 else e.edx & ~LEAF1_EDX_HTT
         elif f == 4 and e.eax & 0x1F:   # (type 0 ends the cache list: left as is)
             level = (e.eax >> 5) & 0x7

@@ -41,6 +41,11 @@ COM1_IRQ = 4
 I8042_DATA_PORT = 0x60
 I8042_CMD_PORT = 0x64
 PVPANIC_PORT = 0x505
-ACPI_SLEEP_PORT = 0x3C0      # FADT sleep control / status and reset register (one byte)
-FIRST_VIRTIO_IRQ = 5         # IRQs 5.. for virtio-mmio devices (IOAPIC pins < 24)
-LAST_IRQ = 23
+ACPI_RESET_PORT = 0x3C0      # FADT reset register (one byte)
+ACPI_PM1A_EVT_PORT = 0x600   # PM1a status (2 bytes) + enable (2 bytes)
+ACPI_PM1A_CNT_PORT = 0x604   # PM1a control (2 bytes): SCI_EN, SLP_TYP, SLP_EN
+ACPI_SCI_IRQ = 9
+# ISA IRQs Linux maps identically to I/O APIC pins (legacy PIC platform), so a command
+# line's `virtio_mmio.device=...:IRQ` works. Not ours to give: 0 (PIT), 2 (cascade),
+# 4 (COM1), 8 (RTC slot), 9 (SCI); 1 and 12 stay free because the FADT says "no 8042".
+VIRTIO_IRQS = (5, 6, 7, 10, 11, 12, 13, 14, 15, 3, 1)

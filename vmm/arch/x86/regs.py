@@ -130,14 +130,21 @@ def setup_fpu(vcpu) -> None:
     vcpu.set_fpu(S.kvm_fpu(fcw=0x37F, mxcsr=0x1F80))
 
 
-def setup_xcr0(vcpu, supported_cpuid, want: int = XFEATURE_X87 | XFEATURE_SSE | XFEATURE_AVX) -> int:
-    """Set XCR0 to `want` & what CPUID.0xD.0 says the guest may use (x87 always);
-    returns the value set. Call after set_cpuid2."""
+def setup_xcr0(vcpu, supported_cpuid, want: int | None = None) -> int:
+    """Set XCR0 to `want` (default: every state component CPUID.0xD.0 lists, which is
+    what Linux enables) & what CPUID.0xD.0 allows, x87 always; returns the value set.
+    Call after set_cpuid2.
+
+    Why all of them rather than x87/SSE/AVX: the guest's own XSETBV is intercepted on
+    hardware, so KVM learns the guest's XCR0 there, but nested under QEMU TCG (the lab)
+    it is not, and KVM then answers CPUID.0xD.0 EBX (the XSAVE area size) for our initial
+    value; Linux compares that with its own sum and warns ("XSAVE consistency problem").
+    Starting with the value Linux will set keeps both views equal."""
     allowed = XFEATURE_X87
     for e in supported_cpuid:
         if e.function == 0xD and e.index == 0:
             allowed = e.eax | (e.edx << 32)
-    value = (want & allowed) | XFEATURE_X87
+    value = ((allowed if want is None else want) & allowed) | XFEATURE_X87
     if value & XFEATURE_AVX and not value & XFEATURE_SSE:
         value &= ~XFEATURE_AVX
     xcrs = S.kvm_xcrs(nr_xcrs=1)
