@@ -327,7 +327,7 @@ def main() -> int:
         t.close()
         lst.close()
     for p in phases:
-        print(f"{p.name:12} wall {p.wall * 1e3 / p.unit:8.2f} ms/{p.per}  device CPU {p.cpu * 1e3 / p.unit:8.2f} "
+        print(f"{p.name:12} wall {p.wall * 1e3 / p.unit:8.3f} ms/{p.per}  device CPU {p.cpu * 1e3 / p.unit:8.3f} "
               f"ms/{p.per} (user {p.user * 1e3 / p.unit:.3f}, sys {p.sys * 1e3 / p.unit:.3f})  "
               f"interrupts {p.irqs / p.unit:7.1f}/{p.per}  {p.delta}")
         if a.strace:

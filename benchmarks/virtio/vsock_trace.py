@@ -73,8 +73,8 @@ def install_trace(path: str) -> None:
 
     device.select = types.SimpleNamespace(poll=Poll, POLLIN=select.POLLIN)
     wrap(Muxer, "_accept", before=lambda self: log.append(("accept", now())))
-    wrap(Muxer, "_read_connect_line", after=lambda self, r, s: log.append(("request", now()))
-         if s.fileno() in self.by_fd else None)
+    wrap(Muxer, "_connect_client", after=lambda self, r, fd, port, rest: log.append(("request", now()))
+         if fd in self.by_fd else None)
     wrap(Muxer, "_tx_op", before=lambda self, c, h, chain: log.append(("response", now()))
          if h.op == OP_RESPONSE else None)
     wrap(MmioTransport, "signal_used", before=lambda self, q: log.append(("irq", now())))

@@ -16,12 +16,18 @@ in part is left unconsumed with how much was sent, so the Python path buffers th
 `rx_control(queue, headers)`: header-only packets (control replies) into rx chains.
 `tx_headers(queue, max)`: takes header-only tx packets (REQUEST, RESPONSE, SHUTDOWN,
 CREDIT_*, RST) and returns their fields; stops at a packet with payload and says whose.
-`accept_clients(fd)` / `read_connect(fd)`: the host side's `CONNECT <port>\n` handshake.
+`accept_connects(fd)` / `take_connect(fd, prior)`: the host side's `CONNECT <port>\n`
+handshake, one recv() per client (no MSG_PEEK round): bytes after the line come back to
+the caller as the start of the stream. `connect_unix`, `send_bytes`, `send_views` and
+`shutdown_wr` are the stream sockets' other calls on raw fds (MSG_NOSIGNAL: a host peer
+that went away is an EPIPE, never a signal), so the muxer keeps no socket objects.
 Every buffer is a host pointer from the queue's translate() (checked against guest RAM).
 """
-from libc.errno cimport errno, EAGAIN, EINTR
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENAMETOOLONG
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
+
+import os
 
 from devices.virtio._queue cimport PEEK_CHAIN, PEEK_EMPTY, SplitQueue
 
@@ -33,7 +39,14 @@ cdef extern from "sys/uio.h" nogil:
 
 cdef extern from "sys/socket.h" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
     int accept4(int fd, void *addr, void *addrlen, int flags)
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const void *addr, unsigned int addrlen)
+    int shutdown(int fd, int how)
+    int AF_UNIX
+    int SOCK_STREAM
+    int SHUT_WR
     int SOCK_NONBLOCK
     int SOCK_CLOEXEC
     int MSG_PEEK
@@ -48,6 +61,14 @@ cdef extern from "sys/socket.h" nogil:
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     int MSG_DONTWAIT
     int MSG_NOSIGNAL
+
+cdef extern from "sys/un.h" nogil:
+    cdef struct sockaddr_un:
+        unsigned short sun_family
+        char sun_path[108]
+
+cdef extern from "unistd.h" nogil:
+    int close(int fd)
 
 DEF F_WRITE = 2
 DEF HDR = 44
@@ -79,7 +100,7 @@ DEF S_FULL = 7     # tx_headers: took `max` packets
 DEF S_OK = 100     # _rx_chain / _tx_packet: the chain is for C
 STOP_EMPTY, STOP_SLOW, STOP_BLOCKED, STOP_EOF, STOP_CREDIT, STOP_ERROR, STOP_DATA, STOP_FULL = (
     S_EMPTY, S_SLOW, S_BLOCKED, S_EOF, S_CREDIT, S_ERROR, S_DATA, S_FULL)
-# read_connect() results besides a port
+# take_connect() results besides a port
 CONNECT_PENDING, CONNECT_BAD, CONNECT_GONE = -1, -2, -3
 CONNECT_MAX_LINE = MAX_LINE
 
@@ -371,10 +392,70 @@ def tx_headers(SplitQueue q, int limit):
     return S_FULL, out, None
 
 
-def accept_clients(int fd):
-    """Every pending connection on listener `fd` (non-blocking, close-on-exec fds).
-    Returns the list of new fds; stops at EAGAIN or any other error (retried next poll)."""
-    cdef int c
+cdef bint _space(uint8_t c) noexcept nogil:
+    return c == 32 or 9 <= c <= 13  # what bytes.strip() strips
+
+
+cdef long long _parse_connect(const uint8_t *buf, int n) noexcept nogil:
+    """The port of line buf[0:n] (`CONNECT <digits>`, blanks around allowed), or CONNECT_BAD."""
+    cdef int a = 0, b = n, i
+    cdef uint64_t port = 0
+    while a < b and _space(buf[a]):
+        a += 1
+    while b > a and _space(buf[b - 1]):
+        b -= 1
+    if b - a < 9 or memcmp(buf + a, b"CONNECT ", 8) != 0:
+        return -2
+    for i in range(a + 8, b):
+        if not 48 <= buf[i] <= 57:
+            return -2
+        port = port * 10 + (buf[i] - 48)
+        if port > 0xFFFFFFFFULL:
+            return -2
+    return <long long>port
+
+
+def take_connect(int fd, bytes prior=b""):
+    """Read client `fd`'s `CONNECT <port>\\n` line with one recv() of at most MAX_LINE
+    bytes, `prior` being what earlier calls read of it. Returns (port, rest) with `rest`
+    the stream bytes that came after the line (usually b""); (CONNECT_PENDING, partial)
+    while no whole line is there (pass `partial` as `prior` next time); (CONNECT_GONE,
+    None) if the client closed or failed, or sent MAX_LINE bytes without a newline;
+    (CONNECT_BAD, None) for a line that is not that one. On the last two the caller hangs up."""
+    cdef uint8_t buf[MAX_LINE]
+    cdef Py_ssize_t have = len(prior)
+    cdef ssize_t r
+    cdef int i, nl = -1, total
+    cdef long long port
+    if have >= MAX_LINE:
+        return CONNECT_GONE, None
+    memcpy(buf, <const char *>prior, have)
+    with nogil:
+        r = recv(fd, buf + have, MAX_LINE - have, MSG_DONTWAIT)
+    if r < 0:
+        return (CONNECT_PENDING, prior) if errno == EAGAIN or errno == EINTR else (CONNECT_GONE, None)
+    if r == 0:
+        return CONNECT_GONE, None
+    total = <int>(have + r)
+    for i in range(total):
+        if buf[i] == 10:
+            nl = i
+            break
+    if nl < 0:
+        return (CONNECT_GONE, None) if total >= MAX_LINE else (CONNECT_PENDING, (<char *>buf)[:total])
+    port = _parse_connect(buf, nl + 1)
+    if port < 0:
+        return CONNECT_BAD, None
+    return port, (<char *>buf)[nl + 1:total]
+
+
+def accept_connects(int fd):
+    """Accept every pending client on listener `fd` (until EAGAIN, non-blocking and
+    close-on-exec fds) and read each one's CONNECT line at once (take_connect). Returns
+    (clients, bad): clients as (fd, port or CONNECT_PENDING, rest) to keep; clients that
+    were gone or sent a bad line are closed here, `bad` counting the latter. Stops at
+    EAGAIN or any other accept error (poll reports the listener again)."""
+    cdef int c, bad = 0
     out = []
     while True:
         with nogil:
@@ -382,48 +463,91 @@ def accept_clients(int fd):
             while c < 0 and errno == EINTR:
                 c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if c < 0:
-            return out
-        out.append(c)
+            return out, bad
+        port, rest = take_connect(c)
+        if port == CONNECT_BAD or port == CONNECT_GONE:
+            if port == CONNECT_BAD:
+                bad += 1
+            close(c)
+        else:
+            out.append((c, port, rest))
 
 
-cdef bint _space(uint8_t c) noexcept nogil:
-    return c == 32 or 9 <= c <= 13  # what bytes.strip() strips
+cdef _raise_errno(int err):
+    raise OSError(err, os.strerror(err))
 
 
-def read_connect(int fd):
-    """Take a `CONNECT <port>\\n` line from client `fd`, and nothing after it. Returns the
-    port, CONNECT_PENDING (no whole line yet), CONNECT_GONE (closed, failed, or no line
-    in MAX_LINE bytes) or CONNECT_BAD (a line, but not that one); on the last two the
-    caller hangs up."""
-    cdef uint8_t buf[MAX_LINE]
+def connect_unix(bytes path):
+    """A non-blocking, close-on-exec stream socket connected to Unix socket `path`;
+    returns its fd, or raises OSError (an EINPROGRESS connect counts as connected)."""
+    cdef sockaddr_un addr
+    cdef int fd, rc, err
+    cdef Py_ssize_t n = len(path)
+    if <size_t>n >= sizeof(addr.sun_path):
+        _raise_errno(ENAMETOOLONG)
+    memset(&addr, 0, sizeof(addr))
+    addr.sun_family = AF_UNIX
+    memcpy(addr.sun_path, <const char *>path, n)
+    with nogil:
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        _raise_errno(errno)
+    with nogil:
+        rc = connect(fd, &addr, sizeof(addr))
+        err = errno
+        if rc < 0 and err != EINPROGRESS:
+            close(fd)
+    if rc < 0 and err != EINPROGRESS:
+        _raise_errno(err)
+    return fd
+
+
+def send_bytes(int fd, const uint8_t[::1] data):
+    """send() without blocking or SIGPIPE; returns bytes sent, raises OSError
+    (BlockingIOError when the socket takes nothing now)."""
     cdef ssize_t r
-    cdef int nl = -1, i, a, b
-    cdef uint64_t port = 0
+    cdef size_t n = data.shape[0]
+    if n == 0:
+        return 0
     with nogil:
-        r = recv(fd, buf, MAX_LINE, MSG_PEEK | MSG_DONTWAIT)
+        r = send(fd, &data[0], n, MSG_DONTWAIT | MSG_NOSIGNAL)
+        while r < 0 and errno == EINTR:
+            r = send(fd, &data[0], n, MSG_DONTWAIT | MSG_NOSIGNAL)
     if r < 0:
-        return CONNECT_PENDING if errno == EAGAIN or errno == EINTR else CONNECT_GONE
-    for i in range(r):
-        if buf[i] == 10:
-            nl = i
+        _raise_errno(errno)
+    return r
+
+
+def send_views(int fd, list views):
+    """sendmsg() of buffers `views` (the first MAX_IOV of them) as send_bytes() does."""
+    cdef iovec iov[MAX_IOV]
+    cdef msghdr msg
+    cdef const uint8_t[::1] v
+    cdef int n = 0
+    cdef ssize_t r
+    for obj in views:
+        if n == MAX_IOV:
             break
-    if nl < 0:
-        return CONNECT_GONE if r == 0 or r >= MAX_LINE else CONNECT_PENDING
+        v = obj
+        if v.shape[0]:
+            iov[n].iov_base = <void *>&v[0]  # the list keeps every buffer alive
+            iov[n].iov_len = v.shape[0]
+            n += 1
+    if n == 0:
+        return 0
+    memset(&msg, 0, sizeof(msg))
+    msg.msg_iov = iov
+    msg.msg_iovlen = n
     with nogil:
-        r = recv(fd, buf, nl + 1, MSG_DONTWAIT)
-    if r != nl + 1:
-        return CONNECT_GONE
-    a, b = 0, nl + 1
-    while a < b and _space(buf[a]):
-        a += 1
-    while b > a and _space(buf[b - 1]):
-        b -= 1
-    if b - a < 9 or memcmp(buf + a, b"CONNECT ", 8) != 0:
-        return CONNECT_BAD
-    for i in range(a + 8, b):
-        if not 48 <= buf[i] <= 57:
-            return CONNECT_BAD
-        port = port * 10 + (buf[i] - 48)
-        if port > 0xFFFFFFFF:
-            return CONNECT_BAD
-    return <long long>port
+        r = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+        while r < 0 and errno == EINTR:
+            r = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+    if r < 0:
+        _raise_errno(errno)
+    return r
+
+
+def shutdown_wr(int fd):
+    """Half-close `fd` for writing; errors (a peer already gone) are ignored."""
+    with nogil:
+        shutdown(fd, SHUT_WR)

@@ -11,9 +11,9 @@ the guest an interrupt.
 from __future__ import annotations
 
 import enum
-import socket
+import os
 
-from . import CONN_BUF_ALLOC
+from . import CONN_BUF_ALLOC, _fast
 
 
 class ConnState(enum.Enum):
@@ -22,10 +22,12 @@ class ConnState(enum.Enum):
 
 
 class Connection:
-    """A stream; `local_port` is the host-side port, `peer_port` the guest's."""
+    """A stream on host socket `fd` (a raw fd, owned: no socket object, whose creation
+    costs a getsockname() per connect); `local_port` is the host-side port, `peer_port`
+    the guest's."""
 
-    def __init__(self, sock: socket.socket, local_port: int, peer_port: int, state: ConnState) -> None:
-        self.sock = sock
+    def __init__(self, fd: int, local_port: int, peer_port: int, state: ConnState) -> None:
+        self.fd = fd
         self.local_port, self.peer_port = local_port, peer_port
         self.state = state
         self.buf_alloc = CONN_BUF_ALLOC
@@ -39,6 +41,7 @@ class Connection:
         self.host_eof = False
         self.host_hup = False  # the host peer closed its socket (POLLHUP), not just half-closed
         self.shut_wr_pending = False
+        self.rx_prefix = b""  # host bytes read with the CONNECT line, for the guest before the socket's
 
     @property
     def key(self) -> tuple[int, int]:
@@ -63,7 +66,7 @@ class Connection:
                 self.tx_buf += v
             return self.flush()
         try:
-            sent = self.sock.sendmsg(views) if views else 0
+            sent = _fast.send_views(self.fd, views) if views else 0
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -81,7 +84,7 @@ class Connection:
         """Write buffered guest data to the host socket; False on a socket error."""
         if self.tx_buf:
             try:
-                n = self.sock.send(self.tx_buf)
+                n = _fast.send_bytes(self.fd, self.tx_buf)
             except BlockingIOError:
                 n = 0
             except OSError:
@@ -90,11 +93,13 @@ class Connection:
             self.fwd_cnt += n
         if not self.tx_buf and self.shut_wr_pending:
             self.shut_wr_pending = False
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            _fast.shutdown_wr(self.fd)
         return True
+
+    def close(self) -> None:
+        if self.fd is not None and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def wants_credit_update(self) -> bool:
         if self.fwd_cnt == self.last_fwd_cnt_sent:

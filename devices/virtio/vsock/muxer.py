@@ -10,7 +10,6 @@ slow guest back-pressures the host peer instead of growing our memory.
 from __future__ import annotations
 
 import collections
-import errno
 import itertools
 import os
 import select
@@ -27,7 +26,7 @@ from . import (
 )
 from . import _fast
 from .connection import Connection, ConnState
-from .packet import HDR_SIZE, Header
+from .packet import HDR, HDR_SIZE, Header
 
 MAX_STREAMS = 2048
 MAX_PENDING_CONTROL = 4096  # stop reading tx while this many replies wait for rx buffers
@@ -67,12 +66,13 @@ class Muxer:
     def __init__(self, guest_cid: int, uds_path: str, listener: socket.socket, metrics) -> None:
         self.guest_cid, self.uds_path = guest_cid, uds_path
         self.listener = listener
+        self.listener_fd = listener.fileno()
         self.metrics = metrics
         self.conns: dict[tuple[int, int], Connection] = {}
         self._local_ports: collections.Counter[int] = collections.Counter()  # host ports in use (no O(n) scan)
         self.by_fd: dict[int, Connection] = {}
-        self.clients: dict[int, socket.socket] = {}  # accepted, waiting for `CONNECT <port>`
-        self.control: collections.deque[Header] = collections.deque()
+        self.clients: dict[int, bytes] = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
+        self.control: collections.deque[bytes] = collections.deque()  # packed headers for the guest
         self.rx_ready: dict[tuple[int, int], Connection] = {}
         self.rx_room = True
         self.next_port = FIRST_LOCAL_PORT
@@ -95,7 +95,7 @@ class Muxer:
     # -- poll interest ---------------------------------------------------------------
     def interest(self) -> dict[int, int]:
         """fd -> poll mask for every socket right now."""
-        want = {self.listener.fileno(): select.POLLIN}
+        want = {self.listener_fd: select.POLLIN}
         for fd in self.clients:
             want[fd] = select.POLLIN
         for fd, c in self.by_fd.items():
@@ -109,10 +109,10 @@ class Muxer:
         return want
 
     def on_ready(self, fd: int, events: int) -> None:
-        if fd == self.listener.fileno():
+        if fd == self.listener_fd:
             self._accept()
         elif fd in self.clients:
-            self._read_connect_line(self.clients[fd])
+            self._read_connect_line(fd)
         elif fd in self.by_fd:
             c = self.by_fd[fd]
             if events & select.POLLOUT:
@@ -134,35 +134,48 @@ class Muxer:
 
     # -- host side: new streams ------------------------------------------------------
     def _accept(self) -> None:
-        for fd in _fast.accept_clients(self.listener.fileno()):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
-            self.clients[fd] = s
-            # A client usually sends `CONNECT <port>` with its connect: take it now rather
-            # than a poll round later (connect latency).
-            self._read_connect_line(s)
+        # In C: every pending client accepted and, as a client usually sends `CONNECT
+        # <port>` with its connect, its line read at once rather than a poll round later
+        # (connect latency); hopeless clients are already closed there.
+        clients, bad = _fast.accept_connects(self.listener_fd)
+        self.metrics.connect_failures += bad
+        for fd, port, rest in clients:
+            if port == _fast.CONNECT_PENDING:
+                self.clients[fd] = rest
+            else:
+                self._connect_client(fd, port, rest)
 
-    def _read_connect_line(self, s: socket.socket) -> None:
-        port = _fast.read_connect(s.fileno())
+    def _read_connect_line(self, fd: int) -> None:
+        """More of a pending client's line (poll said it is readable)."""
+        port, rest = _fast.take_connect(fd, self.clients[fd])
         if port == _fast.CONNECT_PENDING:
+            self.clients[fd] = rest
             return
-        if port == _fast.CONNECT_GONE:
-            self._drop_client(s)
+        del self.clients[fd]
+        if port < 0:
+            if port == _fast.CONNECT_BAD:
+                self.metrics.connect_failures += 1
+            os.close(fd)
             return
-        if port == _fast.CONNECT_BAD or len(self.conns) >= MAX_STREAMS:
+        self._connect_client(fd, port, rest)
+
+    def _connect_client(self, fd: int, port: int, rest: bytes) -> None:
+        """Client `fd` asked for guest port `port`: REQUEST it (`rest`: stream bytes
+        that came with the line, for the guest once it answers)."""
+        if len(self.conns) >= MAX_STREAMS:
             self.metrics.connect_failures += 1
-            self._drop_client(s)
+            os.close(fd)
             return
-        del self.clients[s.fileno()]
-        local = self._alloc_port()
-        c = Connection(s, local, port, ConnState.CONNECTING)
+        c = Connection(fd, self._alloc_port(), port, ConnState.CONNECTING)
+        c.rx_prefix = rest
         self.connecting[c.key] = time.monotonic() + CONNECT_TIMEOUT
         self._add(c)
         self.metrics.host_connects += 1
         self.control.append(self._hdr(c, OP_REQUEST))
 
-    def _drop_client(self, s: socket.socket) -> None:
-        self.clients.pop(s.fileno(), None)
-        s.close()
+    def _drop_client(self, fd: int) -> None:
+        if self.clients.pop(fd, None) is not None:
+            os.close(fd)
 
     def _alloc_port(self) -> int:
         while True:
@@ -174,7 +187,7 @@ class Muxer:
     def _add(self, c: Connection) -> None:
         self.conns[c.key] = c
         self._local_ports[c.local_port] += 1
-        self.by_fd[c.sock.fileno()] = c
+        self.by_fd[c.fd] = c
         self.metrics.open_streams = len(self.conns)
 
     def _remove(self, c: Connection) -> None:
@@ -183,9 +196,9 @@ class Muxer:
             if not self._local_ports[c.local_port]:
                 del self._local_ports[c.local_port]
         self.connecting.pop(c.key, None)
-        self.by_fd.pop(c.sock.fileno(), None)
+        self.by_fd.pop(c.fd, None)
         self.rx_ready.pop(c.key, None)
-        c.sock.close()
+        c.close()
         self.metrics.open_streams = len(self.conns)
 
     def _reset(self, c: Connection) -> None:
@@ -194,16 +207,17 @@ class Muxer:
         self.metrics.resets_sent += 1
         self._remove(c)
 
-    def _hdr(self, c: Connection, op: int, length: int = 0, flags: int = 0) -> Header:
+    def _hdr(self, c: Connection, op: int, length: int = 0, flags: int = 0) -> bytes:
+        """A packed header of stream `c` (packed at once: the queue takes bytes)."""
         if op in (OP_CREDIT_UPDATE, OP_RW, OP_RESPONSE, OP_REQUEST):
             c.last_fwd_cnt_sent = c.fwd_cnt
-        return Header(HOST_CID, self.guest_cid, c.local_port, c.peer_port, length, TYPE_STREAM, op, flags,
-                      c.buf_alloc, c.fwd_cnt)
+        return HDR.pack(HOST_CID, self.guest_cid, c.local_port, c.peer_port, length, TYPE_STREAM, op, flags,
+                        c.buf_alloc & 0xFFFFFFFF, c.fwd_cnt & 0xFFFFFFFF)
 
     def _rst_for(self, h: Header) -> None:
         self.metrics.resets_sent += 1
-        self.control.append(Header(HOST_CID, self.guest_cid, h.dst_port, h.src_port, 0, TYPE_STREAM, OP_RST,
-                                   0, CONN_BUF_ALLOC, 0))
+        self.control.append(HDR.pack(HOST_CID, self.guest_cid, h.dst_port, h.src_port, 0, TYPE_STREAM, OP_RST,
+                                     0, CONN_BUF_ALLOC, 0))
 
     # -- guest → host (tx queue) -----------------------------------------------------
     def _count_invalid_packet(self) -> None:
@@ -265,7 +279,7 @@ class Muxer:
         if c is None or c.state is not ConnState.ESTABLISHED or c.tx_buf or c.shut_wr_pending:
             return False
         stop, packets, nbytes, partial, buf_alloc, fwd_cnt = _fast.tx_stream(
-            q, c.sock.fileno(), self.guest_cid, c.peer_port, c.local_port, c.buf_alloc)
+            q, c.fd, self.guest_cid, c.peer_port, c.local_port, c.buf_alloc)
         if packets:
             self.tx_data = True
             self._peer_credit(c, buf_alloc, fwd_cnt)
@@ -332,9 +346,12 @@ class Muxer:
             c.state = ConnState.ESTABLISHED
             self.connecting.pop(c.key, None)
             try:
-                c.sock.send(f"OK {c.local_port}\n".encode())
+                _fast.send_bytes(c.fd, b"OK %d\n" % c.local_port)
             except OSError:
                 self._reset(c)
+                return
+            if c.rx_prefix:
+                self.rx_ready[c.key] = c  # what came with the CONNECT line goes first
         elif h.op == OP_RW:
             if c.state is not ConnState.ESTABLISHED or h.len > c.buf_alloc - c.unforwarded():
                 self._reset(c)  # data before the handshake, or beyond the credit we gave
@@ -378,16 +395,13 @@ class Muxer:
             self.metrics.connect_failures += 1
             self._rst_for(h)
             return
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
-            s.connect(f"{self.uds_path}_{h.dst_port}")
-        except OSError as e:
-            s.close()
-            if e.errno != errno.EINPROGRESS:
-                self.metrics.connect_failures += 1
-                self._rst_for(h)
-                return
-        c = Connection(s, h.dst_port, h.src_port, ConnState.ESTABLISHED)
+            fd = _fast.connect_unix(os.fsencode(f"{self.uds_path}_{h.dst_port}"))
+        except OSError:
+            self.metrics.connect_failures += 1
+            self._rst_for(h)
+            return
+        c = Connection(fd, h.dst_port, h.src_port, ConnState.ESTABLISHED)
         c.update_peer_credit(h.buf_alloc, h.fwd_cnt)
         self._add(c)
         self.metrics.guest_connects += 1
@@ -403,7 +417,7 @@ class Muxer:
         fast = isinstance(q, _queue.SplitQueue)
         while self.control or self.rx_ready:
             if fast and self.control:
-                sent = _fast.rx_control(q, [h.pack() for h in itertools.islice(self.control, 64)])
+                sent = _fast.rx_control(q, list(itertools.islice(self.control, 64)))
                 for _ in range(sent):
                     self.control.popleft()
                 self.metrics.rx_packets += sent
@@ -442,9 +456,11 @@ class Muxer:
             if credit <= 0:
                 del self.rx_ready[key]
                 continue
-            header = Header(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, TYPE_STREAM, OP_RW, 0,
-                            c.buf_alloc, c.fwd_cnt).pack()
-            stop, packets, got = _fast.rx_stream(q, c.sock.fileno(), header, credit)
+            if c.rx_prefix:
+                return "python"  # bytes that came with the CONNECT line: _fill() sends them
+            header = HDR.pack(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, TYPE_STREAM, OP_RW, 0,
+                              c.buf_alloc & 0xFFFFFFFF, c.fwd_cnt & 0xFFFFFFFF)
+            stop, packets, got = _fast.rx_stream(q, c.fd, header, credit)
             if packets:
                 c.last_fwd_cnt_sent = c.fwd_cnt  # the guest learnt our fwd_cnt from these
                 c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
@@ -467,7 +483,7 @@ class Muxer:
     def _fill(self, chain) -> int | None:
         """Write one packet into `chain`; None if nothing could be sent after all."""
         if self.control:
-            chain.write(0, self.control.popleft().pack())
+            chain.write(0, self.control.popleft())
             return HDR_SIZE
         space = chain.writable_len - HDR_SIZE
         if space <= 0:
@@ -477,8 +493,15 @@ class Muxer:
             if n <= 0:
                 del self.rx_ready[key]
                 continue
+            if c.rx_prefix:
+                got = chain.write(HDR_SIZE, c.rx_prefix[:n])
+                c.rx_prefix = c.rx_prefix[got:]
+                c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
+                self.metrics.rx_bytes += got
+                chain.write(0, self._hdr(c, OP_RW, got))
+                return HDR_SIZE + got
             try:
-                got = c.sock.recvmsg_into(chain.writable_views(HDR_SIZE, n))[0]
+                got = os.readv(c.fd, chain.writable_views(HDR_SIZE, n))
             except BlockingIOError:
                 del self.rx_ready[key]
                 continue
@@ -487,11 +510,11 @@ class Muxer:
                 return self._fill(chain) if self.control else None
             if got == 0:
                 self._host_eof(c)
-                chain.write(0, self.control.pop().pack())
+                chain.write(0, self.control.pop())
                 return HDR_SIZE
             c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
             self.metrics.rx_bytes += got
-            chain.write(0, self._hdr(c, OP_RW, got).pack())
+            chain.write(0, self._hdr(c, OP_RW, got))
             return HDR_SIZE + got
         return None
 
@@ -510,8 +533,8 @@ class Muxer:
         """Drop every stream and pending client (device reset)."""
         for c in list(self.conns.values()):
             self._remove(c)
-        for s in list(self.clients.values()):
-            self._drop_client(s)
+        for fd in list(self.clients):
+            self._drop_client(fd)
         self.control.clear()
         self.rx_ready.clear()
 

@@ -117,6 +117,31 @@ def test_host_connects_to_guest_port(vsock):
     s.close()
 
 
+def test_bytes_sent_with_the_connect_line_reach_the_guest_first(vsock):
+    """A client that does not wait for OK: what it wrote after the line (read with the
+    line in one recv) is the stream's first data, ahead of what follows, within credit."""
+    dev, g, path = vsock
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"CONNECT 1234\nearly")
+    (req, _), = g.recv()
+    assert req.op == OP_REQUEST and req.dst_port == 1234
+    s.sendall(b" and later")
+    time.sleep(0.05)
+    assert not g.poll()  # nothing before the guest answers
+    g.send(OP_RESPONSE, 1234, req.src_port, buf_alloc=3)  # room for 3 bytes only
+    assert read_line(s) == f"OK {req.src_port}\n".encode()
+    (rw, data), = g.recv()
+    assert rw.op == OP_RW and data == b"ear"
+    g.send(OP_CREDIT_UPDATE, 1234, req.src_port, buf_alloc=1 << 20, fwd_cnt=3)
+    got = b""
+    while len(got) < len(b"ly and later"):
+        got += b"".join(d for h, d in g.recv() if h.op == OP_RW)
+    assert got == b"ly and later"
+    s.close()
+
+
 def test_guest_connects_to_host_listener(vsock):
     dev, g, path = vsock
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -376,13 +401,13 @@ def test_draining_a_full_host_socket_returns_credit_to_the_guest():
     a, b = socket.socketpair()
     a.setblocking(False)
     mux = Muxer(CID, "/nonexistent", socket.socket(socket.AF_UNIX), VsockMetrics())
-    c = Connection(a, 1 << 30, 777, ConnState.ESTABLISHED)
+    c = Connection(a.detach(), 1 << 30, 777, ConnState.ESTABLISHED)
     mux._add(c)
     c.tx_buf += bytes(200 << 10)  # what the host socket could not take while the guest sent
-    mux.on_ready(a.fileno(), select.POLLOUT)
+    mux.on_ready(c.fd, select.POLLOUT)
     assert not c.tx_buf and c.fwd_cnt == 200 << 10
-    updates = [h for h in mux.control if h.op == OP_CREDIT_UPDATE]
+    updates = [h for h in map(Header.unpack, mux.control) if h.op == OP_CREDIT_UPDATE]
     assert updates and updates[-1].fwd_cnt == 200 << 10 and updates[-1].dst_port == 777
     mux.listener.close()
-    a.close()
+    c.close()
     b.close()

@@ -46,41 +46,92 @@ def test_connect_line_limit_matches_the_c_side():
     (b"CONNECT 5", _fast.CONNECT_PENDING),
     (b"CONNECT " + b"1" * 40, _fast.CONNECT_GONE),
 ])
-def test_read_connect(line, want):
+def test_take_connect(line, want):
     a, b = socket.socketpair()
     try:
         b.sendall(line)
-        assert _fast.read_connect(a.fileno()) == want
+        assert _fast.take_connect(a.fileno())[0] == want
     finally:
         a.close()
         b.close()
 
 
-def test_read_connect_takes_only_the_line():
+def test_take_connect_returns_the_bytes_after_the_line():
+    """One recv() takes the line and whatever came with it: the rest is stream data."""
     a, b = socket.socketpair()
     a.setblocking(False)
     b.sendall(b"CONNECT 7\nstream bytes")
-    assert _fast.read_connect(a.fileno()) == 7
-    assert a.recv(100) == b"stream bytes"
+    assert _fast.take_connect(a.fileno()) == (7, b"stream bytes")
+    b.sendall(b"more")
+    assert a.recv(100) == b"more"  # nothing of the line or its rest is left behind
     b.close()
-    assert _fast.read_connect(a.fileno()) == _fast.CONNECT_GONE  # closed before a line
+    assert _fast.take_connect(a.fileno()) == (_fast.CONNECT_GONE, None)  # closed before a line
     a.close()
 
 
-def test_accept_clients_takes_every_pending_connection(tmp_path):
+def test_take_connect_carries_a_line_that_arrives_in_pieces():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.sendall(b"CONN")
+    port, part = _fast.take_connect(a.fileno())
+    assert (port, part) == (_fast.CONNECT_PENDING, b"CONN")
+    assert _fast.take_connect(a.fileno(), part) == (_fast.CONNECT_PENDING, b"CONN")  # nothing new yet
+    b.sendall(b"ECT 42\nx")
+    assert _fast.take_connect(a.fileno(), part) == (42, b"x")
+    assert _fast.take_connect(a.fileno(), b"C" * MAX_CONNECT_LINE) == (_fast.CONNECT_GONE, None)
+    b.sendall(b"CONNECT 1")  # closed with half a line
+    b.close()
+    port, part = _fast.take_connect(a.fileno())
+    assert port == _fast.CONNECT_PENDING
+    assert _fast.take_connect(a.fileno(), part) == (_fast.CONNECT_GONE, None)
+    a.close()
+
+
+def test_accept_connects_takes_every_pending_connection(tmp_path):
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     lst.bind(str(tmp_path / "l.sock"))
     lst.listen(8)
-    clients = [socket.socket(socket.AF_UNIX) for _ in range(3)]
-    for c in clients:
+    lines = [b"CONNECT 1\n", b"CONNECT 2\nhi", b"CONN", b"HELLO\n", b""]
+    clients = [socket.socket(socket.AF_UNIX) for _ in lines]
+    for c, line in zip(clients, lines):
         c.connect(str(tmp_path / "l.sock"))
-    fds = _fast.accept_clients(lst.fileno())
-    assert len(fds) == 3 and _fast.accept_clients(lst.fileno()) == []
-    for fd in fds:
+        c.sendall(line)
+    clients[-1].close()  # gone before its line
+    got, bad = _fast.accept_connects(lst.fileno())
+    assert [(port, rest) for _, port, rest in got] == [(1, b""), (2, b"hi"), (_fast.CONNECT_PENDING, b"CONN")]
+    assert bad == 1 and _fast.accept_connects(lst.fileno()) == ([], 0)
+    assert clients[3].recv(1) == b""  # the bad line was hung up on in C
+    for fd, _, _ in got:
         assert os.get_blocking(fd) is False
+        assert not os.get_inheritable(fd)
         os.close(fd)
     for c in clients:
         c.close()
+    lst.close()
+
+
+def test_raw_fd_socket_calls(tmp_path):
+    """The muxer's own socket calls on raw fds: connect, send (no SIGPIPE), half-close."""
+    path = tmp_path / "l.sock"
+    with pytest.raises(OSError):
+        _fast.connect_unix(bytes(path))  # nobody listens
+    with pytest.raises(OSError):
+        _fast.connect_unix(b"/" + b"x" * 200)  # longer than sun_path
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(str(path))
+    lst.listen(1)
+    fd = _fast.connect_unix(bytes(path))
+    peer, _ = lst.accept()
+    assert os.get_blocking(fd) is False and not os.get_inheritable(fd)
+    assert _fast.send_bytes(fd, b"ab") == 2 and _fast.send_bytes(fd, bytearray(b"")) == 0
+    assert _fast.send_views(fd, [memoryview(b"cd"), b"", bytearray(b"ef")]) == 4
+    _fast.shutdown_wr(fd)
+    assert peer.recv(10) == b"abcdef" and peer.recv(10) == b""
+    peer.close()
+    with pytest.raises(OSError):
+        while True:
+            _fast.send_bytes(fd, b"x" * 4096)  # EPIPE (or ECONNRESET), never a signal
+    os.close(fd)
     lst.close()
 
 
@@ -97,7 +148,7 @@ class Rig:
         self.mux = Muxer(CID, "/nonexistent", socket.socket(socket.AF_UNIX), VsockMetrics())
         self.host, peer = socket.socketpair()
         peer.setblocking(False)
-        self.conn = Connection(peer, 1 << 30, 900, ConnState.ESTABLISHED)
+        self.conn = Connection(peer.detach(), 1 << 30, 900, ConnState.ESTABLISHED)
         self.conn.update_peer_credit(1 << 20, 0)
         self.mux._add(self.conn)
 
@@ -177,7 +228,7 @@ def test_host_close_becomes_a_shutdown_both_ways(rig):
         rig.dqs[0].add([], [HDR_SIZE + 4096])
     rig.host.sendall(b"bye")
     rig.host.close()
-    fd = rig.conn.sock.fileno()
+    fd = rig.conn.fd
     p = select.poll()
     p.register(fd, select.POLLIN)
     (_, events), = p.poll(1000)
@@ -222,7 +273,7 @@ def test_a_credit_starved_stream_is_read_in_the_turn_its_credit_arrives(rig):
     for _ in range(4):
         rig.dqs[0].add([], [HDR_SIZE + 4096])
     rig.host.sendall(b"w" * 5000)
-    assert not rig.mux.interest()[rig.conn.sock.fileno()] & select.POLLIN  # out of credit: not polled
+    assert not rig.mux.interest()[rig.conn.fd] & select.POLLIN  # out of credit: not polled
     rig.tx(OP_CREDIT_UPDATE, fwd_cnt=4096, buf_alloc=4096)
     rig.mux.process_tx(rig.act)
     rig.mux.process_rx(rig.act)  # no poll round in between
@@ -336,7 +387,7 @@ def test_hostile_chains(packets, rx, host):
 
 
 def test_local_port_allocation_skips_ports_in_use(rig):
-    taken = Connection(socket.socket(socket.AF_UNIX), (1 << 30) + 1, 77, ConnState.ESTABLISHED)
+    taken = Connection(socket.socket(socket.AF_UNIX).detach(), (1 << 30) + 1, 77, ConnState.ESTABLISHED)
     rig.mux._add(taken)  # a guest stream to host port 2^30+1, beside rig.conn on 2^30
     assert rig.mux._alloc_port() == (1 << 30) + 2
     rig.mux._remove(taken)
