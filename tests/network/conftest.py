@@ -8,6 +8,7 @@ VM's TAP (opened with `open_tap`, as the worker will) by a thread copying frames
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import select
@@ -35,12 +36,21 @@ def _run(*cmd: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
 
 
-def host_snapshot() -> dict[str, set[str]]:
-    """What the real host has that we could leave behind."""
+# The namespace the session starts in is this machine's real one; the snapshot must be
+# taken there, never from inside a test's private "host" namespace.
+_REAL_NETNS = os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def host_snapshot() -> dict:
+    """What the real host has that we could leave behind: namespaces, links, the whole ruleset."""
+    assert os.stat("/proc/thread-self/ns/net").st_ino == _REAL_NETNS, "snapshot outside the real host namespace"
+    # --stateless: counter and quota values of other tools' rules tick on their own.
+    ruleset = subprocess.run(["nft", "--stateless", "list", "ruleset"], capture_output=True, text=True,
+                             check=True).stdout
     return {
         "netns": {line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line.strip()},
         "links": {line.split(":")[1].strip().split("@")[0] for line in _run("ip", "-o", "link").splitlines()},
-        "nft_tables": {line.strip() for line in _run("nft", "list", "tables").splitlines()},
+        "ruleset": ruleset,
     }
 
 
@@ -49,17 +59,30 @@ def _ours(link: str) -> bool:
     return bool(re.match(rf"^(mm\d+|{TAG}\d+|mmv.*|mmeth0|mmtap0|mmup0|mmx0)$", link))
 
 
+def leftovers(before: dict, after: dict) -> list[str]:
+    """Why the real host is not as the session found it (empty: it is)."""
+    problems = []
+    namespaces = sorted(n for n in after["netns"] if n.startswith(TAG))
+    if namespaces:
+        problems.append(f"namespaces left behind: {', '.join(namespaces)}")
+    new_links = sorted(n for n in after["links"] - before["links"] if _ours(n))
+    if new_links:
+        problems.append(f"links left behind: {', '.join(new_links)}")
+    if after["ruleset"] != before["ruleset"]:
+        diff = difflib.unified_diff(before["ruleset"].splitlines(), after["ruleset"].splitlines(),
+                                    "nft list ruleset (before)", "nft list ruleset (after)", lineterm="")
+        problems.append("the real host's nft ruleset changed:\n" + "\n".join(diff))
+    return problems
+
+
 @pytest.fixture(scope="session", autouse=True)
 def real_host_left_clean():
     if os.geteuid() != 0:
         pytest.skip("network tests need root (namespaces, links, nftables)")
     before = host_snapshot()
     yield
-    after = host_snapshot()
-    assert not {n for n in after["netns"] if n.startswith(TAG)}, "namespaces left behind"
-    assert not {n for n in after["links"] - before["links"] if _ours(n)}, "links left behind"
-    new_tables = after["nft_tables"] - before["nft_tables"]
-    assert not {"table ip mm", f"table ip {HOST_TABLE}"} & new_tables, "nft table left behind"
+    problems = leftovers(before, host_snapshot())
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture
