@@ -58,10 +58,13 @@ class Registry:
         raise RuntimeError("docker-registry did not start")
 
     def push(self, layout: Path, name: str, tag: str = "latest", all_platforms: bool = False,
-             creds: str | None = None) -> None:
+             creds: str | None = None, fmt: str | None = None) -> None:
+        """skopeo copy of `layout`'s `tag`; `fmt` "v2s2" converts to Docker schema2 on the way."""
         cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
         if all_platforms:
             cmd.append("--all")
+        if fmt:
+            cmd += ["--format", fmt]
         if creds:
             cmd += ["--dest-creds", creds]
         cmd += [f"oci:{layout}:{tag}", f"docker://{self.host}/{name}:{tag}"]

@@ -162,3 +162,69 @@ def test_cli_pull_json(registry, pushed, cache, capsys):
     assert main(["image", "inspect", ref, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["digest"] == out["digest"] and data["rootfs"] == out["rootfs"] and data["rootfs_built"]
+
+
+def _served_manifest(registry, name: str, tag: str) -> tuple[dict, str, str]:
+    """(document, content type, Docker-Content-Digest) as the registry serves `name:tag`."""
+    import httpx
+
+    from vmm.image import manifest as mf
+
+    resp = httpx.get(f"http://{registry.host}/v2/{name}/manifests/{tag}", headers={"Accept": mf.ACCEPT})
+    resp.raise_for_status()
+    return resp.json(), resp.headers["content-type"], resp.headers["docker-content-digest"]
+
+
+def _debugfs(image, cmd: str) -> str:
+    import subprocess
+
+    return subprocess.run(["debugfs", "-R", cmd, str(image)], capture_output=True, text=True, check=True).stdout
+
+
+def _names(image, directory: str) -> set[str]:
+    """Entry names in `directory` of an ext4 image (debugfs `ls -p`: /inode/mode/uid/gid/name/size/)."""
+    lines = _debugfs(image, f"ls -p {directory}").splitlines()
+    return {line.split("/")[5] for line in lines if line.count("/") >= 6} - {".", ".."}
+
+
+def test_docker_schema2_pull_and_build(registry, tmp_path, cache):
+    """skopeo converts the OCI layout to Docker schema2 on push; we pull and build that."""
+    from tests.unit.image.ocitools import digest_of
+    from vmm.image import manifest as mf
+
+    write_layout(tmp_path / "v2s2", [BASE, TOP], tag="d")
+    registry.push(tmp_path / "v2s2", "mm/v2s2", "d", fmt="v2s2")
+    served, kind, served_digest = _served_manifest(registry, "mm/v2s2", "d")
+    assert kind == mf.DOCKER_MANIFEST and served["mediaType"] == mf.DOCKER_MANIFEST  # really schema2
+
+    img = resolve(f"{registry.host}/mm/v2s2:d")
+    assert img.digest == served_digest and img.manifest == served
+    assert img.manifest["config"]["mediaType"] == mf.DOCKER_CONFIG
+    assert [layer["mediaType"] for layer in img.layers] == [mf.DOCKER_LAYER_GZIP] * 2
+    assert [layer["digest"] for layer in img.layers] == [layer["digest"] for layer in served["layers"]]
+    assert all(cache.has_blob(d) for d in [img.digest, img.config_digest, *(x["digest"] for x in img.layers)])
+    assert img.config["Cmd"] == ["/bin/sh"] and img.config_blob["architecture"] == "amd64"
+    assert img.layer_pairs() == [(img.layers[0]["digest"], digest_of(BASE)), (img.layers[1]["digest"], digest_of(TOP))]
+
+    rootfs = img.rootfs_path
+    assert _names(rootfs, "/etc") == {"b", "b2", "c"}  # a whited out, c added by TOP
+    assert _names(rootfs, "/var/cache") == set()  # opaque: BASE's x hidden
+    assert _debugfs(rootfs, "cat /bin/tool") == "v1"
+    assert 'Fast link dest: "tool"' in _debugfs(rootfs, "stat /bin/alias")
+    assert "Links: 2" in _debugfs(rootfs, "stat /etc/b2")
+    assert lookup(img.digest[:19]).digest == served_digest
+
+
+def test_docker_manifest_list(registry, tmp_path, cache):
+    """A multi-platform image pushed as a Docker manifest list (v2s2) resolves to linux/amd64."""
+    from vmm.image import manifest as mf
+
+    write_layout(tmp_path / "dlist", [BASE], tag="l", arches=("arm64", "amd64"))
+    registry.push(tmp_path / "dlist", "mm/dlist", "l", all_platforms=True, fmt="v2s2")
+    served, kind, served_digest = _served_manifest(registry, "mm/dlist", "l")
+    assert kind == mf.DOCKER_LIST
+    amd64 = next(d for d in served["manifests"] if d["platform"]["architecture"] == "amd64")
+    img = resolve(f"{registry.host}/mm/dlist:l")
+    assert img.index_digest == served_digest and img.digest == amd64["digest"]
+    assert img.manifest["mediaType"] == mf.DOCKER_MANIFEST and img.config_blob["architecture"] == "amd64"
+    assert img.rootfs_path.exists()
