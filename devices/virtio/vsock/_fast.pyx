@@ -88,6 +88,12 @@ DEF HOST_CID = 2
 DEF MAX_IOV = 256     # iovecs per readv/sendmsg (Linux's IOV_MAX is 1024)
 DEF MAX_CHAINS = 64   # chains filled or packets sent per system call
 DEF MAX_LINE = 32     # CONNECT line (MAX_CONNECT_LINE in __init__.py)
+DEF SHORT_SEND = 4096  # send_bytes() up to this keeps the GIL
+# _SHORT_CALLS: the connection set-up and teardown calls (accept4, the CONNECT line's
+# recv, socket/connect to a Unix listener, shutdown, a short send) never block here and
+# take a microsecond: they keep the GIL. Letting it go would hand it to any thread waiting
+# for it, and taking it back can then wait up to the interpreter's switch interval (5 ms)
+# in the middle of a connect. Data copies (readv/sendmsg of stream bytes) do let go.
 
 DEF S_EMPTY = 0    # no chain (rx: the guest must post buffers; tx: no packet)
 DEF S_SLOW = 1     # the next chain / packet is for the Python path
@@ -430,8 +436,7 @@ def take_connect(int fd, bytes prior=b""):
     if have >= MAX_LINE:
         return CONNECT_GONE, None
     memcpy(buf, <const char *>prior, have)
-    with nogil:
-        r = recv(fd, buf + have, MAX_LINE - have, MSG_DONTWAIT)
+    r = recv(fd, buf + have, MAX_LINE - have, MSG_DONTWAIT)  # with the GIL: see _SHORT_CALLS
     if r < 0:
         return (CONNECT_PENDING, prior) if errno == EAGAIN or errno == EINTR else (CONNECT_GONE, None)
     if r == 0:
@@ -458,10 +463,9 @@ def accept_connects(int fd):
     cdef int c, bad = 0
     out = []
     while True:
-        with nogil:
+        c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        while c < 0 and errno == EINTR:
             c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
-            while c < 0 and errno == EINTR:
-                c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if c < 0:
             return out, bad
         port, rest = take_connect(c)
@@ -488,18 +492,22 @@ def connect_unix(bytes path):
     memset(&addr, 0, sizeof(addr))
     addr.sun_family = AF_UNIX
     memcpy(addr.sun_path, <const char *>path, n)
-    with nogil:
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         _raise_errno(errno)
-    with nogil:
-        rc = connect(fd, &addr, sizeof(addr))
-        err = errno
-        if rc < 0 and err != EINPROGRESS:
-            close(fd)
+    rc = connect(fd, &addr, sizeof(addr))  # non-blocking: a Unix listener answers at once
+    err = errno
     if rc < 0 and err != EINPROGRESS:
+        close(fd)
         _raise_errno(err)
     return fd
+
+
+cdef ssize_t _send(int fd, const uint8_t *p, size_t n) noexcept nogil:
+    cdef ssize_t r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+    while r < 0 and errno == EINTR:
+        r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+    return r
 
 
 def send_bytes(int fd, const uint8_t[::1] data):
@@ -509,10 +517,11 @@ def send_bytes(int fd, const uint8_t[::1] data):
     cdef size_t n = data.shape[0]
     if n == 0:
         return 0
-    with nogil:
-        r = send(fd, &data[0], n, MSG_DONTWAIT | MSG_NOSIGNAL)
-        while r < 0 and errno == EINTR:
-            r = send(fd, &data[0], n, MSG_DONTWAIT | MSG_NOSIGNAL)
+    if n <= SHORT_SEND:
+        r = _send(fd, &data[0], n)  # an `OK <port>` line: see _SHORT_CALLS
+    else:
+        with nogil:
+            r = _send(fd, &data[0], n)  # buffered stream data: a copy worth letting go for
     if r < 0:
         _raise_errno(errno)
     return r
@@ -549,5 +558,4 @@ def send_views(int fd, list views):
 
 def shutdown_wr(int fd):
     """Half-close `fd` for writing; errors (a peer already gone) are ignored."""
-    with nogil:
-        shutdown(fd, SHUT_WR)
+    shutdown(fd, SHUT_WR)

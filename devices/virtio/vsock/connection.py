@@ -24,11 +24,17 @@ class ConnState(enum.Enum):
 class Connection:
     """A stream on host socket `fd` (a raw fd, owned: no socket object, whose creation
     costs a getsockname() per connect); `local_port` is the host-side port, `peer_port`
-    the guest's."""
+    the guest's, `key` the two (fixed for the stream's life: a plain attribute, as the
+    device thread looks at it several times per stream and turn)."""
+
+    __slots__ = ("fd", "local_port", "peer_port", "key", "state", "buf_alloc", "fwd_cnt", "last_fwd_cnt_sent",
+                 "rx_cnt", "peer_buf_alloc", "peer_fwd_cnt", "tx_buf", "peer_shutdown", "host_eof", "host_hup",
+                 "shut_wr_pending", "rx_prefix")
 
     def __init__(self, fd: int, local_port: int, peer_port: int, state: ConnState) -> None:
         self.fd = fd
         self.local_port, self.peer_port = local_port, peer_port
+        self.key = (local_port, peer_port)
         self.state = state
         self.buf_alloc = CONN_BUF_ALLOC
         self.fwd_cnt = 0
@@ -42,10 +48,6 @@ class Connection:
         self.host_hup = False  # the host peer closed its socket (POLLHUP), not just half-closed
         self.shut_wr_pending = False
         self.rx_prefix = b""  # host bytes read with the CONNECT line, for the guest before the socket's
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return self.local_port, self.peer_port
 
     def update_peer_credit(self, buf_alloc: int, fwd_cnt: int) -> None:
         self.peer_buf_alloc, self.peer_fwd_cnt = buf_alloc, fwd_cnt

@@ -22,6 +22,7 @@ from .persist import VsockState
 
 # Longest a header-only tx completion waits for an rx interrupt to ride on (seconds).
 TX_IRQ_DELAY = 0.005
+_LOOKUP = object()  # _timeout_ms(): look the connect deadline up (None means there is none)
 
 
 class VsockDevice(VirtioDevice):
@@ -136,10 +137,10 @@ class VsockDevice(VirtioDevice):
             return True
         return False
 
-    def _timeout_ms(self, deadline: float | None = None) -> int | None:
+    def _timeout_ms(self, deadline: float | None | object = _LOOKUP) -> int | None:
         """Poll timeout: the next connect deadline (`deadline`, or looked up) or a
         deferred interrupt, if any."""
-        if deadline is None:
+        if deadline is _LOOKUP:
             deadline = self.mux.next_deadline()
         if deadline is None and self._irq_owed is None:
             return None

@@ -28,6 +28,7 @@ from . import _fast
 from .connection import Connection, ConnState
 from .packet import HDR, HDR_SIZE, Header
 
+POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
 MAX_STREAMS = 2048
 MAX_PENDING_CONTROL = 4096  # stop reading tx while this many replies wait for rx buffers
 # Seconds a host-initiated stream waits for the guest's RESPONSE. A guest without a
@@ -95,16 +96,16 @@ class Muxer:
     # -- poll interest ---------------------------------------------------------------
     def interest(self) -> dict[int, int]:
         """fd -> poll mask for every socket right now."""
-        want = {self.listener_fd: select.POLLIN}
-        for fd in self.clients:
-            want[fd] = select.POLLIN
+        want = dict.fromkeys(self.clients, POLLIN)
+        want[self.listener_fd] = POLLIN
+        rx_room, rx_ready, established = self.rx_room, self.rx_ready, ConnState.ESTABLISHED
         for fd, c in self.by_fd.items():
             mask = 0
-            if (c.state is ConnState.ESTABLISHED and not c.host_eof and self.rx_room
-                    and c.key not in self.rx_ready and c.peer_credit() > 0):
-                mask |= select.POLLIN
+            if (rx_room and c.state is established and not c.host_eof
+                    and c.key not in rx_ready and c.peer_credit() > 0):
+                mask = POLLIN
             if c.tx_buf or c.shut_wr_pending:
-                mask |= select.POLLOUT
+                mask |= POLLOUT
             want[fd] = mask
         return want
 
@@ -262,7 +263,9 @@ class Muxer:
         for fields in headers:
             self._tx_header(Header(*fields), None)
         if headers:
-            return "again"
+            # An empty queue after them needs no second look: its avail_event is already
+            # published (consume), so the guest kicks for whatever it adds next.
+            return "empty" if stop == _fast.STOP_EMPTY else "again"
         if stop == _fast.STOP_EMPTY:
             return "empty"
         if stop == _fast.STOP_DATA and self._tx_hint != (ports[1], ports[0]):
