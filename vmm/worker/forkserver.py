@@ -13,10 +13,16 @@ FP.lock for life, imports PRELOAD, freezes the GC, records every file it importe
 - before each launch it re-checks those files: if any changed (or the interpreter),
   it answers "stale" and exits, and the client starts a fresh server, so a worker never
   runs code older than its tree;
-- a launch forks a child that does what the exec'd worker did (vmm.worker.launch):
-  setsid, a second fork (so the worker is neither our child nor a zombie of ours, and
-  outlives us), stdio to /dev/null and worker.log, the caller's environment, cwd and
-  umask, every other fd closed, then ENTRY(argv + [READY_FD]) in-process;
+- a launch hands the request to the spare, a child forked ahead of time that waits for
+  one request (forking one at request time if there is none). The worker is then what
+  the exec'd worker would have been (vmm.worker.launch): its own session (setsid), stdio
+  /dev/null and worker.log, the caller's environment, cwd and umask, every other fd
+  closed, then ENTRY(argv + [READY_FD]) in-process. One fork, not a double fork: the
+  server ignores SIGCHLD, so the kernel reaps its workers (never a zombie of ours), and
+  a worker outlives the server like any orphan (re-parented to init);
+- the next spare is forked SPARE_DELAY_S after a launch, off the worker's path (its
+  copy-on-write faults would otherwise compete with the worker's start); starts closer
+  together than that fork at request time;
 - it exits after IDLE_S without a request (MM_FORKSERVER_IDLE_S), on "stop", or stale.
 
 MM_FORKSERVER_PRELOAD (comma-separated modules) adds to PRELOAD; it is part of the
@@ -40,6 +46,7 @@ from vmm.worker import forkserver_proto as proto
 IDLE_S = 15 * 60
 LOCK_WAIT_S = 5.0  # a stale predecessor is still exiting: it holds the lock that long at most
 REQUEST_TIMEOUT_S = 5.0  # a client that connects and says nothing must not hold up the others
+SPARE_DELAY_S = 0.2  # after a launch, before the next spare is forked (MM_FORKSERVER_SPARE_S; <0: none)
 
 # What every worker imports: the supervisor, the VMM and its service, API, jail and
 # seccomp, the production machine (x86 boot, virtio devices). A module that fails to
@@ -101,30 +108,80 @@ def resolve(entry: str):
     return getattr(importlib.import_module(module), func)
 
 
+class Spare:
+    """A child forked ahead of time, waiting on its end of a socketpair for the one launch
+    request it will run (SCM_RIGHTS brings the ready pipe and worker.log with it). It
+    exits if the server closes its end (idle, stopped, stale, killed) before a request."""
+
+    def __init__(self, target) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _spare(theirs, target)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+
+    def hand(self, request: dict, fds: list[int]) -> bool:
+        """Give it the request; False if it is gone (then it was not given anything)."""
+        try:
+            proto.send(self.sock, request, fds)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Server:
-    def __init__(self, listener: socket.socket, target, imported: Imported, idle_s: float = IDLE_S) -> None:
+    def __init__(self, listener: socket.socket, target, imported: Imported, idle_s: float = IDLE_S,
+                 spare_delay_s: float = SPARE_DELAY_S) -> None:
         self.listener, self.target, self.imported, self.idle_s = listener, target, imported, idle_s
+        self.spare_delay_s = spare_delay_s
+        self.spare: Spare | None = None
+        self.spare_due = 0.0  # when to fork the next spare (monotonic)
         self.launched = 0
 
     def serve(self) -> str:
         """Answer requests until idle, stopped or stale; why it ended."""
         deadline = time.monotonic() + self.idle_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return "idle"
-            if not select.select([self.listener], [], [], left)[0]:
-                continue
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            with conn:
-                ended = self._handle(conn)
-            gc.collect()  # the request's garbage only: everything imported is frozen
-            if ended:
-                return ended
-            deadline = time.monotonic() + self.idle_s
+        try:
+            while True:
+                now = time.monotonic()
+                left = deadline - now
+                if left <= 0:
+                    return "idle"
+                if self.spare is None and self.spare_delay_s >= 0 and now >= self.spare_due:
+                    self._fork_spare()
+                    continue
+                wait = left if self.spare is not None or self.spare_delay_s < 0 else min(left, self.spare_due - now)
+                if not select.select([self.listener], [], [], wait)[0]:
+                    continue
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    continue
+                with conn:
+                    ended = self._handle(conn)
+                gc.collect()  # the request's garbage only: everything imported is frozen
+                if ended:
+                    return ended
+                deadline = time.monotonic() + self.idle_s
+        finally:
+            if self.spare is not None:  # it sees the end of its socket and exits
+                self.spare.close()
+                self.spare = None
+
+    def _fork_spare(self) -> None:
+        try:
+            self.spare = Spare(self.target)
+        except OSError as exc:  # out of pids or memory: fork at request time instead
+            log(f"cannot fork a spare worker: {exc.strerror}")
+            self.spare_due = time.monotonic() + self.spare_delay_s + 1.0
 
     def refuse_backlog(self, why: str) -> None:
         """Connections already queued when we stop: told so, so none of them waits."""
@@ -161,7 +218,7 @@ class Server:
             op = message.get("op")
             if op == "ping":
                 _reply(conn, {"ok": True, "pid": os.getpid(), "files": len(self.imported.files),
-                              "launched": self.launched})
+                              "launched": self.launched, "spare": self.spare.pid if self.spare else None})
             elif op == "stop":
                 _reply(conn, {"ok": True})
                 return "stopped"
@@ -184,17 +241,18 @@ class Server:
         if problem:
             _reply(conn, {"ok": False, "error": f"bad launch request: {problem}"})
             return None
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _first_child(conn, self.target, request, fds[0], fds[1])
-        _, status = os.waitpid(pid, 0)
-        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-            # the child replied itself once the worker was forked; it exits 0 then
-            _reply(conn, {"ok": False, "error": f"the fork server's child failed (wait status {status:#x})"})
+        spare, self.spare = self.spare, None
+        self.spare_due = time.monotonic() + self.spare_delay_s
+        if spare is not None and spare.hand(request, fds):
+            pid = spare.pid
         else:
-            self.launched += 1
+            try:
+                pid = _fork_worker(self.target, request, fds[0], fds[1])
+            except OSError as exc:
+                _reply(conn, {"ok": False, "error": f"the fork server cannot fork: {exc.strerror}"})
+                return None
+        self.launched += 1
+        _reply(conn, {"ok": True, "pid": pid})
         return None
 
 
@@ -219,18 +277,44 @@ def _check_launch(request: dict, fds: list[int]) -> str:
     return ""
 
 
-def _first_child(conn: socket.socket, target, request: dict, ready_fd: int, log_fd: int) -> None:
-    """In the forked child: a new session, the worker forked from it, then gone."""
-    code = 1
+def _fork_worker(target, request: dict, ready_fd: int, log_fd: int) -> int:
+    """Fork the worker for `request` now (no spare at hand); its pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _detach()
+        except BaseException:
+            os._exit(1)
+        _worker(target, request, ready_fd, log_fd)  # never returns
+    return pid
+
+
+def _detach() -> None:
+    """In a new child of the server: its own session, and the signal dispositions the
+    exec'd worker starts with (the server ignores SIGCHLD; a worker must not)."""
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _spare(sock: socket.socket, target) -> None:
+    """The spare's life: everything of the server's closed but its socket (the listener,
+    the life lock: a spare holding it would keep the next server out), then one request;
+    it exits without one when the server closes its end."""
     try:
-        os.setsid()
-        worker = os.fork()
-        if worker == 0:
-            _worker(target, request, ready_fd, log_fd)
-        code = 0
-        _reply(conn, {"ok": True, "pid": worker})
-    finally:
-        os._exit(code)
+        _detach()
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        request, fds = proto.recv(sock)
+    except BaseException:
+        os._exit(1)
+    if request is None or len(fds) != 2:
+        os._exit(0)
+    _worker(target, request, fds[0], fds[1])  # never returns
 
 
 def _worker(target, request: dict, ready_fd: int, log_fd: int) -> None:
@@ -239,10 +323,7 @@ def _worker(target, request: dict, ready_fd: int, log_fd: int) -> None:
     try:
         # Nothing of ours goes on: the listener, the lock (a worker holding it would keep
         # the next server out), the log, the request's socket.
-        proto.worker_fds(log_fd, ready_fd)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        ready_fd = proto.worker_fds(log_fd, ready_fd)
         os.umask(request["umask"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -345,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     listener = bind(names.sock)
     log(f"serving {names.sock} for {entry}: {len(sys.modules)} modules, {len(imported.files)} files, "
         f"ready in {(time.monotonic() - t0) * 1000:.0f} ms")
-    server = Server(listener, target, imported, idle_s)
+    # Our children are workers and spares: the kernel reaps them (no zombie, no wait).
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    spare_s = float(os.environ.get("MM_FORKSERVER_SPARE_S") or SPARE_DELAY_S)
+    server = Server(listener, target, imported, idle_s, spare_s)
     why = "error"
     try:
         why = server.serve()

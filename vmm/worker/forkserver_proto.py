@@ -44,16 +44,22 @@ class ForkServerError(MMError):
     """The fork server cannot be used (the launcher then starts the worker by exec)."""
 
 
-def worker_fds(log_fd: int, ready_fd: int) -> None:
+READY_FD = 3  # where a worker holds the ready pipe's write end, however it started
+
+
+def worker_fds(log_fd: int, ready_fd: int) -> int:
     """In a worker-to-be, exec'd (vmm.worker.launch) or forked (vmm.worker.forkserver):
-    stdin /dev/null, stdout and stderr `log_fd`, and every other fd closed but the ready
-    pipe's `ready_fd`, so a worker holds the same fds whichever way it started."""
+    stdin /dev/null, stdout and stderr `log_fd`, the ready pipe's `ready_fd` moved to
+    READY_FD, every other fd closed, so a worker holds the same fds, number for number,
+    whichever way it started (and the fds it opens next get the same numbers). READY_FD."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
-    os.closerange(3, ready_fd)
-    os.closerange(ready_fd + 1, 1 << 20)
+    if ready_fd != READY_FD:
+        os.dup2(ready_fd, READY_FD)  # over /dev/null's or the log's spare copy, if either was there
+    os.closerange(READY_FD + 1, 1 << 20)
+    return READY_FD
 
 
 def runtime_dir() -> Path:

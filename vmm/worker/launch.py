@@ -10,8 +10,8 @@ go to the machine's worker.log.
 
 The worker is started by one of two paths, the same process in the end:
 - the fork server (vmm.worker.forkserver): a pre-imported process of this uid, code tree
-  and interpreter forks it (double fork + setsid there), skipping the interpreter's
-  start and the imports. The first run without a server starts the worker by exec and
+  and interpreter hands it to a spare child forked ahead of time (or forks it: one fork,
+  setsid, the server reaps it), skipping the interpreter's start and the imports. The first run without a server starts the worker by exec and
   then a server, detached, for the runs after it;
 - exec: the double fork + exec of `python -S -c ... vmm.worker.main` below, when the
   fork server is off (MM_FORKSERVER=0) or unusable; worker.log then says why, in one line.
@@ -121,7 +121,7 @@ def _start(paths: MachinePaths, env: dict[str, str], log_fd: int):
             if not isinstance(exc, (fs.NoServer, fs.Stale)):
                 names = None  # one that refused for another reason is alive, or ours to fix
     _note(log_fd, f"{why}; starting the worker by exec" + ("" if names is None else ", and a fork server"))
-    argv = [sys.executable, *WORKER_ARGV, str(paths.spec), str(w)]
+    argv = [sys.executable, *WORKER_ARGV, str(paths.spec), str(fs.proto.READY_FD)]
     _detached_exec(argv, env, log_fd, w)
     os.close(w)
     return r, names
@@ -167,8 +167,8 @@ def _note(log_fd: int, msg: str) -> None:
 
 def _detached_exec(argv: list[str], env: dict[str, str], out_fd: int, pass_fd: int) -> None:
     """Exec `argv` in a grandchild of a new session: stdin /dev/null, stdout and stderr
-    `out_fd`, `pass_fd` inherited, every other fd closed; returns once the intermediate
-    child is reaped."""
+    `out_fd`, `pass_fd` inherited as READY_FD, every other fd closed; returns once the
+    intermediate child is reaped."""
     from vmm.worker.forkserver_proto import worker_fds
 
     pid = os.fork()
@@ -179,8 +179,7 @@ def _detached_exec(argv: list[str], env: dict[str, str], out_fd: int, pass_fd: i
                 os._exit(0)
             # Nothing else goes on, not even what our own caller let us inherit (a shell's
             # fds): the worker holds the same fds whether exec'd or forked by the server.
-            worker_fds(out_fd, pass_fd)
-            os.set_inheritable(pass_fd, True)
+            os.set_inheritable(worker_fds(out_fd, pass_fd), True)
             os.execve(argv[0], argv, env)
         finally:
             os._exit(127)

@@ -193,20 +193,43 @@ def test_the_server_forks_a_worker_as_exec_would_have_started_it(server_env, tmp
     env, _ = server_env
     names, server = _start_server(env)
     assert os.stat(names.sock).st_mode & 0o777 == 0o600
+    spare = wait_for_spare(names)
     os.chdir(tmp_path)
     old = os.umask(0o027)
     try:
-        pid, ready, facts, log = _launch(names, env, tmp_path)
+        # the first from the spare; the second at once, before a new spare: forked for it
+        launches = [_launch(names, env, tmp_path), _launch(names, env, tmp_path)]
     finally:
         os.umask(old)
         os.chdir(REPO_ROOT)
-    assert ready == {"ok": True, "pid": pid} and facts["pid"] == pid
-    assert facts["env"]["MM_KNOB"] == "caller's" and facts["cwd"] == str(tmp_path) and facts["umask"] == 0o027
-    assert facts["ppid"] != server and facts["sid"] not in (server, os.getsid(0))  # its own session
-    assert facts["fds"] == [0, 1, 2, facts["ready"]]  # none of the server's
-    assert facts["argv"] == ["-c", facts["argv"][1], str(facts["ready"])] and facts["version"] == 1
-    assert log == b"fake worker ran\n"
-    assert client.ping(names)["launched"] == 1
+    assert launches[0][0] == spare and launches[1][0] != spare
+    for pid, ready, facts, _ in launches:
+        assert ready == {"ok": True, "pid": pid} and facts["pid"] == pid
+        assert facts["env"]["MM_KNOB"] == "caller's" and facts["cwd"] == str(tmp_path) and facts["umask"] == 0o027
+        # one fork: the server's child, in a session of its own, reaped by the kernel
+        assert facts["ppid"] == server and facts["sid"] == pid
+        assert facts["fds"] == [0, 1, 2, facts["ready"]]  # none of the server's
+        assert facts["argv"] == ["-c", facts["argv"][1], str(facts["ready"])] and facts["version"] == 1
+        _wait_reaped(pid)
+    assert launches[1][3] == b"fake worker ran\n" * 2
+    assert client.ping(names)["launched"] == 2
+    assert wait_for_spare(names) not in (spare, launches[1][0])  # the next one, forked after the delay
+
+
+def _wait_reaped(pid: int) -> None:
+    """A worker of the server's that exited is gone at once: no zombie waits for a reaper."""
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"pid {pid} is still there: {Path(f'/proc/{pid}/stat').read_text()}"
+        time.sleep(0.01)
+
+
+def wait_for_spare(names: proto.Names) -> int:
+    deadline = time.monotonic() + 30
+    while not client.ping(names).get("spare"):
+        assert time.monotonic() < deadline, "the server made no spare"
+        time.sleep(0.02)
+    return client.ping(names)["spare"]
 
 
 def test_a_changed_file_makes_the_server_refuse_and_exit_and_a_new_one_runs_new_code(server_env, tmp_path):
