@@ -10,9 +10,14 @@ Layout for one VM (see docs/network.md for why):
 
 Every step is idempotent, so attach after a crash completes what is missing. A failed
 attach tears down what it built and releases the lease before raising.
+
+Two locks, never nested the other way round (see vmm.network.hostlock): the store's
+write lock for leases and ports (short transactions, no nft inside), and the host-table
+file lock around every edit of the host nft table and every removal it must follow.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -22,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pyroute2 import IPRoute
 
 from vmm import store
-from vmm.network import dns, ipam, links, netns, nft, scope
+from vmm.network import dns, hostlock, ipam, links, netns, nft, scope
 from vmm.network import ports as portspec
 from vmm.network.errors import BadPortSpec, NetworkError, NftError  # noqa: F401 (NetworkError re-exported)
 
@@ -124,8 +129,20 @@ def _stored_ports(conn, vm_id: str) -> list[portspec.PortMapping]:
     return [portspec.PortMapping(r["host_port"], r["guest_port"], r["proto"], r["host_ip"]) for r in rows]
 
 
-def _reserve(conn, vm_id: str, network: str, mappings, owner_pid):
-    """Lease + ports in one transaction (the port checks see every other machine's ports)."""
+def _reserve(conn, vm_id: str, network: str, mappings, owner_pid, dropped=()):
+    """Lease + ports in one transaction (the port checks see every other machine's ports).
+
+    `dropped`: ports a re-attach no longer publishes. Their rows go in this transaction, a
+    removal, so it commits under the host-table lock together with the elements' deletion.
+    """
+    with hostlock.held(conn) if dropped else contextlib.nullcontext():
+        lease = _reserve_rows(conn, vm_id, network, mappings, owner_pid)
+        if dropped:
+            _unpublish(conn, lease.ip, list(dropped))
+    return lease
+
+
+def _reserve_rows(conn, vm_id: str, network: str, mappings, owner_pid):
     with store.transaction(conn):
         lease = ipam.allocate(conn, vm_id, network, owner_pid)
         portspec.check_store(conn, mappings, vm_id)
@@ -156,16 +173,18 @@ def attach(vm_id: str, network: str = ipam.DEFAULT_NAME, publish: list[str] | tu
             if m not in before:
                 portspec.check_free(m)
         existed = ipam.get_lease(conn, vm_id) is not None
-        lease = _reserve(conn, vm_id, network, mappings, owner_pid)
+        lease = _reserve(conn, vm_id, network, mappings, owner_pid, [m for m in before if m not in mappings])
         try:
             _plumb(ipr, net, lease)
-            _host_add(conn, net, lease, mappings, [m for m in before if m not in mappings])
+            _host_add(conn, net, lease, mappings)
         except BaseException:
             if not existed:  # a failed re-attach leaves a working VM alone; a new one is undone
                 _teardown(ipr, vm_id)
-                with store.transaction(conn):
-                    ipam.release(conn, vm_id)
-            sync_host(conn)
+            with hostlock.held(conn):
+                if not existed:
+                    with store.transaction(conn):
+                        ipam.release(conn, vm_id)
+                _load_full(conn)
             raise
     return _attachment(net, lease, mappings)
 
@@ -191,27 +210,50 @@ def _plumb(ipr: IPRoute, net: ipam.Network, lease: ipam.Lease) -> None:
         nft.run(nft.vm_script(lease.ip, GUEST_IP, UPLINK_NAME))
 
 
-def _host_add(conn, net: ipam.Network, lease: ipam.Lease, mappings, dropped) -> None:
-    """Add the network's and the VM's elements to the host table (only additions: fast).
+def _host_add(conn, net: ipam.Network, lease: ipam.Lease, mappings) -> None:
+    """Add the network's and the VM's elements to the host table (only additions: fast)."""
+    with hostlock.held(conn):
+        try:
+            # No existence check first: without the table this fails as a whole, and the
+            # full render below creates it (one libnftables load fewer on the common path).
+            nft.run(nft.lines(nft.network_elements(net) + nft.port_elements("add", lease.ip, mappings)))
+        except NftError:
+            # No table yet, or a stale element from a crash: render everything from the store.
+            _load_full(conn)
 
-    `dropped`: ports a re-attach no longer publishes (deleted, the slow path).
-    """
-    with store.transaction(conn):  # one host-table editor at a time, across processes
-        if nft.exists():
-            try:
-                nft.run(nft.lines(nft.port_elements("delete", lease.ip, dropped) + nft.network_elements(net)
-                                  + nft.port_elements("add", lease.ip, mappings)))
-                return
-            except NftError:
-                pass  # e.g. a stale element from a crash: render everything from the store below
-        nft.run(_full_host(conn))
+
+def _unpublish(conn, vm_ip: str, mappings) -> None:
+    """Delete one VM's port elements (under the host-table lock); repair by a render if that fails."""
+    try:
+        nft.run(nft.lines(nft.port_elements("delete", vm_ip, mappings)))
+    except NftError:
+        _load_full(conn)  # an element already missing (a crash, a prune): the store decides
+
+
+def _load_full(conn) -> None:
+    """Render the whole host table from the store and load it (under the host-table lock)."""
+    nft.run(_full_host(conn))
+
+
+@contextlib.contextmanager
+def _read_snapshot(conn):
+    """One consistent read of the store (a deferred transaction: no write lock taken)."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
 
 
 def _full_host(conn) -> str:
-    rows = conn.execute(
-        "SELECT p.*, l.ip FROM ports p JOIN leases l ON l.vm_id = p.vm_id ORDER BY p.host_port").fetchall()
-    used = {r[0] for r in conn.execute("SELECT DISTINCT network FROM leases")}
-    networks = [n for n in ipam.list_networks(conn) if n.name in used]
+    with _read_snapshot(conn):
+        rows = conn.execute(
+            "SELECT p.*, l.ip FROM ports p JOIN leases l ON l.vm_id = p.vm_id ORDER BY p.host_port").fetchall()
+        used = {r[0] for r in conn.execute("SELECT DISTINCT network FROM leases")}
+        networks = [n for n in ipam.list_networks(conn) if n.name in used]
     if not networks:
         return nft.delete_script()
     published = [(r["ip"], portspec.PortMapping(r["host_port"], r["guest_port"], r["proto"], r["host_ip"]))
@@ -228,8 +270,8 @@ def _teardown(ipr: IPRoute, vm_id: str) -> None:
 
 def sync_host(conn) -> None:
     """Render the whole host table from the store and load it (deleted when no VM is attached)."""
-    with store.transaction(conn):
-        nft.run(_full_host(conn))
+    with hostlock.held(conn):
+        _load_full(conn)
 
 
 def detach(vm_id: str, conn=None) -> bool:
@@ -239,14 +281,18 @@ def detach(vm_id: str, conn=None) -> bool:
     with IPRoute() as ipr:
         had = netns.exists(netns_name(vm_id))
         _teardown(ipr, vm_id)
-    with store.transaction(conn):
-        lease = ipam.get_lease(conn, vm_id)
-        mappings = _stored_ports(conn, vm_id)
-        ipam.release(conn, vm_id)
-        if conn.execute("SELECT 1 FROM leases LIMIT 1").fetchone() is None:
+    # The release is a removal: it commits under the host-table lock, in the same hold as
+    # the deletion of the VM's elements, so no other editor sees one without the other.
+    with hostlock.held(conn):
+        with store.transaction(conn):
+            lease = ipam.get_lease(conn, vm_id)
+            mappings = _stored_ports(conn, vm_id)
+            ipam.release(conn, vm_id)
+            last = conn.execute("SELECT 1 FROM leases LIMIT 1").fetchone() is None
+        if last:
             nft.run(nft.delete_script())  # the last VM: no table at all
         elif lease is not None and mappings:
-            nft.run(nft.lines(nft.port_elements("delete", lease.ip, mappings)))
+            _unpublish(conn, lease.ip, mappings)
     return lease is not None or had
 
 

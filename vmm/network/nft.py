@@ -87,15 +87,6 @@ def _script(chains: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def exists() -> bool:
-    """Whether our host table exists in the calling thread's namespace."""
-    try:
-        run(f"list table ip {scope.host_table()}")
-    except NftError:
-        return False
-    return True
-
-
 def delete_script() -> str:
     table = scope.host_table()
     return f"add table ip {table}\ndelete table ip {table}\n"
