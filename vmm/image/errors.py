@@ -21,6 +21,12 @@ class RegistryError(ImageError):
     """The registry answered with an error or could not be reached."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry kept failing transiently (5xx, 429, 408, dropped connections) through every retry."""
+
+    hint = "the registry (or a proxy in front of it) is overloaded or restarting: try again later; the pull resumes"
+
+
 class AuthError(RegistryError):
     """The registry refused our credentials (or we had none)."""
 

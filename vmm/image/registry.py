@@ -19,7 +19,7 @@ from typing import Any, Callable
 import httpx
 
 from vmm.image import auth, manifest as mf
-from vmm.image.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError
+from vmm.image.errors import AuthError, DigestMismatch, ImageNotFound, RegistryError, RegistryUnavailable
 from vmm.image.reference import Reference
 from vmm.image.store import CHUNK, Store, sha256_hex
 
@@ -68,8 +68,7 @@ class RegistryClient:
                 resp = self.http.send(req, stream=stream)
             except httpx.TransportError as exc:
                 if attempt == ATTEMPTS - 1:
-                    raise RegistryError(f"cannot reach {self.ref.api_host}: {exc}",
-                                        "check the registry address and that it is running") from None
+                    raise self._unreachable(exc) from None
                 time.sleep(BACKOFF * 2 ** attempt)
                 continue
             if resp.status_code == 401 and attempt == 0:
@@ -83,6 +82,14 @@ class RegistryClient:
                 continue
             return resp
         raise AuthError(f"{self.ref.api_host} refused our credentials for {self.ref.repository}")
+
+    def _unreachable(self, exc: httpx.TransportError) -> RegistryError:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return RegistryError(f"cannot reach {self.ref.api_host}: {exc}",
+                                 "check the registry address and that it is running")
+        # Connected, then the connection broke or timed out: a struggling server, not a wrong address.
+        return RegistryUnavailable(f"the connection to {self.ref.api_host} broke (gave up after {ATTEMPTS} "
+                                   f"attempts): {type(exc).__name__}: {exc}")
 
     def _authenticate(self, challenge: str) -> None:
         scheme, params = auth.parse_challenge(challenge)
@@ -124,6 +131,9 @@ class RegistryClient:
         if resp.status_code == 404:
             raise ImageNotFound(f"{what} not found on {self.ref.api_host}",
                                 "check the name and tag; `mm image ls` lists local images")
+        if resp.status_code in RETRY_STATUS:  # _send already retried it ATTEMPTS times
+            raise RegistryUnavailable(f"{self.ref.api_host} answered {resp.status_code} for {what} "
+                                      f"(gave up after {ATTEMPTS} attempts): {resp.text[:200]}")
         raise RegistryError(f"{self.ref.api_host} answered {resp.status_code} for {what}: {resp.text[:200]}")
 
     # -- manifests ------------------------------------------------------------------------
@@ -157,8 +167,8 @@ class RegistryClient:
                     break
                 except (httpx.TransportError, _Retry) as exc:
                     if attempt == ATTEMPTS - 1:
-                        raise RegistryError(f"downloading {digest} failed after {ATTEMPTS} attempts: {exc}",
-                                            "run the pull again: it resumes where it stopped") from None
+                        raise RegistryUnavailable(f"downloading {digest} failed after {ATTEMPTS} attempts: {exc}",
+                                                  "run the pull again: it resumes where it stopped") from None
                     time.sleep(BACKOFF * 2 ** attempt)
             store.finish_blob(partial, digest, hexdigest, total, size)
 
@@ -188,7 +198,10 @@ class RegistryClient:
             with open(partial, "r+b" if offset else "wb") as out:
                 out.seek(offset)
                 out.truncate()
-                for chunk in resp.iter_raw(CHUNK):  # raw: a blob's bytes are what the digest covers
+                # Raw: a blob's bytes are what the digest covers. No chunk size: httpx would hold
+                # up to that many received bytes back and lose them if the connection broke, so a
+                # resume would fetch them again (and a killed pull would keep less).
+                for chunk in resp.iter_raw():
                     offset += len(chunk)
                     if offset > size:
                         out.close()
