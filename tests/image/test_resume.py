@@ -1,7 +1,10 @@
-"""A pull killed mid-download leaves nothing that looks complete, and the next pull resumes it.
+"""A pull killed mid-download leaves nothing that looks complete, and the next pull resumes it;
+transient registry failures are retried with backoff, persistent ones end in a typed error.
 
-The `mm image pull` process is a real subprocess, fetching through a throttling TCP relay
-on 127.0.0.1 so there is time to kill it mid-layer.
+The killed `mm image pull` process is a real subprocess, fetching through a throttling TCP
+relay on 127.0.0.1 so there is time to kill it mid-layer. The retry tests pull through
+tests/image/faultproxy.py, an HTTP proxy in front of the real registry that answers 503,
+429 or 502, or resets the connection, for the first N requests of a manifest or blob.
 """
 from __future__ import annotations
 
@@ -117,3 +120,168 @@ def test_resume_uses_range(registry, tmp_path, cache):
         resolve(ref)
     assert not partial.exists() and not cache.has_blob(digest)
     assert resolve(ref).layers and cache.has_blob(digest)
+
+
+# -- transient failures: retries, backoff, and giving up cleanly -------------------------------
+
+@pytest.fixture(scope="module")
+def retry_image(registry, tmp_path_factory):
+    """mm/retry:r, one 256 KiB layer; returns (layer digest, config digest, layer bytes)."""
+    import json
+
+    root = tmp_path_factory.mktemp("retry")
+    write_layout(root, [tar_bytes([("file", "f", os.urandom(256 << 10))])], tag="r")
+    registry.push(root, "mm/retry", "r")
+    desc = json.loads((root / "index.json").read_text())["manifests"][0]
+    manifest = json.loads((root / "blobs/sha256" / desc["digest"][7:]).read_text())
+    layer = manifest["layers"][0]["digest"]
+    return layer, manifest["config"]["digest"], registry.blob_file(layer).read_bytes()
+
+
+@pytest.fixture
+def proxy(registry):
+    from tests.image.faultproxy import FaultProxy
+
+    fp = FaultProxy(registry.host)
+    yield fp
+    fp.close()
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """The backoff delays the registry client asks for (each slept only briefly, to keep tests fast)."""
+    from vmm.image import registry as reg
+
+    asked: list[float] = []
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            asked.append(seconds)
+            time.sleep(min(seconds, 0.005))
+
+    monkeypatch.setattr(reg, "time", Clock())
+    return asked
+
+
+def _pull_through(proxy, cache) -> str:
+    from vmm.image import parse
+    from vmm.image.pull import pull
+
+    return pull(parse(f"{proxy.host}/mm/retry:r"), cache, quiet=True)
+
+
+def _backoff(n: int) -> list[float]:
+    from vmm.image.registry import BACKOFF
+
+    return [BACKOFF * 2 ** i for i in range(n)]
+
+
+def _assert_nothing_stored(cache, digest: str) -> None:
+    assert not cache.has_blob(digest) and not cache.refs()
+
+
+def test_manifest_503_retried(proxy, retry_image, cache, sleeps):
+    from tests.image.faultproxy import Fault
+
+    proxy.faults = [Fault("/manifests/r", "503", 2)]
+    digest = _pull_through(proxy, cache)
+    actions = [e.action for e in proxy.requests("/manifests/r")]
+    assert actions == ["503", "503", "forwarded"]
+    assert sleeps == _backoff(2)  # 0.25 s, then 0.5 s
+    assert lookup(f"{proxy.host}/mm/retry:r").digest == digest
+
+
+def test_blob_reset_before_answer_retried(proxy, retry_image, cache, sleeps):
+    from tests.image.faultproxy import Fault
+
+    layer, _, _ = retry_image
+    proxy.faults = [Fault(layer, "reset", 2)]
+    _pull_through(proxy, cache)
+    assert [e.action for e in proxy.requests(layer)] == ["reset", "reset", "forwarded"]
+    assert sleeps == _backoff(2) and cache.has_blob(layer)
+
+
+def test_blob_cut_mid_body_resumed_with_range(proxy, retry_image, cache, sleeps):
+    """Half a body, then the connection closes, twice: each retry asks only for the bytes still missing."""
+    from tests.image.faultproxy import Fault
+
+    layer, _, blob = retry_image
+    proxy.faults = [Fault(layer, "cut", 2)]
+    _pull_through(proxy, cache)
+    asked = proxy.requests(layer)
+    assert [e.action for e in asked] == ["cut", "cut", "forwarded"]
+    half = len(blob) // 2
+    assert [e.range for e in asked] == [None, f"bytes={half}-", f"bytes={half + (len(blob) - half) // 2}-"]
+    assert sleeps == _backoff(2)
+    assert cache.read_blob(layer) == blob and not list((cache.root / "tmp").glob("*.partial"))
+
+
+def test_mixed_transient_statuses(proxy, retry_image, cache, sleeps):
+    from tests.image.faultproxy import Fault
+
+    _, config, _ = retry_image
+    proxy.faults = [Fault(config, "429"), Fault(config, "502"), Fault(config, "reset")]
+    _pull_through(proxy, cache)
+    assert [e.action for e in proxy.requests(config)] == ["429", "502", "reset", "forwarded"]
+    assert sleeps == _backoff(3) and cache.has_blob(config)
+
+
+def test_not_found_is_not_retried(proxy, registry, cache, sleeps):
+    from vmm.image import parse
+    from vmm.image.errors import ImageNotFound
+    from vmm.image.pull import pull
+
+    with pytest.raises(ImageNotFound):
+        pull(parse(f"{proxy.host}/mm/retry:missing"), cache, quiet=True)
+    assert len(proxy.requests("/manifests/missing")) == 1 and sleeps == []
+
+
+def test_persistent_503_gives_up_typed(proxy, retry_image, cache, sleeps, registry):
+    from tests.image.faultproxy import Fault
+    from vmm.image.errors import RegistryUnavailable
+    from vmm.image.registry import ATTEMPTS
+
+    layer, _, _ = retry_image
+    proxy.faults = [Fault(layer, "503", -1)]
+    with pytest.raises(RegistryUnavailable, match=f"answered 503 for blob {layer}.*{ATTEMPTS} attempts") as err:
+        _pull_through(proxy, cache)
+    assert "try again later" in err.value.hint
+    assert len(proxy.requests(layer)) == ATTEMPTS and sleeps == _backoff(ATTEMPTS - 1)
+    _assert_nothing_stored(cache, layer)
+    assert not (cache.root / "tmp").exists() or not list((cache.root / "tmp").glob("*.partial"))
+    assert resolve(f"{registry.host}/mm/retry:r").rootfs_path.exists()  # the cache is still usable
+
+
+def test_persistent_reset_gives_up_typed(proxy, retry_image, cache, sleeps):
+    from tests.image.faultproxy import Fault
+    from vmm.image.errors import RegistryUnavailable
+    from vmm.image.registry import ATTEMPTS
+
+    proxy.faults = [Fault("/manifests/r", "reset", -1)]
+    with pytest.raises(RegistryUnavailable, match="connection to .* broke") as err:
+        _pull_through(proxy, cache)
+    assert err.value.hint and len(proxy.requests("/manifests/r")) == ATTEMPTS
+    assert not cache.refs()
+
+
+def test_persistent_cut_keeps_only_a_resumable_prefix(proxy, retry_image, cache, sleeps, registry):
+    """Bodies cut every time: a typed error; no blob or reference, only tmp/'s partial file,
+    which holds genuine leading bytes, and the next pull finishes from there."""
+    from tests.image.faultproxy import Fault
+    from vmm.image.errors import RegistryUnavailable
+    from vmm.image.registry import ATTEMPTS
+
+    layer, _, blob = retry_image
+    proxy.faults = [Fault(layer, "cut", -1)]
+    with pytest.raises(RegistryUnavailable, match=f"downloading {layer} failed after {ATTEMPTS}") as err:
+        _pull_through(proxy, cache)
+    assert "resumes" in err.value.hint and len(proxy.requests(layer)) == ATTEMPTS
+    _assert_nothing_stored(cache, layer)
+    kept = cache.partial_path(layer).read_bytes()
+    assert 0 < len(kept) < len(blob) and blob.startswith(kept)
+    assert resolve(f"{registry.host}/mm/retry:r").layers and cache.read_blob(layer) == blob
+    assert not cache.partial_path(layer).exists()
