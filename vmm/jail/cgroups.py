@@ -1,11 +1,21 @@
 """Resource limits for one VMM: a cgroup per machine, on cgroup v2 or v1 (detected).
 
     cg = MachineCgroup.create(machine_id, cpus=None, memory=768 << 20, pids=66)
-    cg.attach(pid)     # the VMM, before it allocates guest RAM (memory is charged to the
-                       # cgroup of the thread that first touches it)
+    pid = cg.fork_into()      # v2: fork the VMM straight into it (None: not possible here)
+    tasks = cg.place(pid, born_inside=...)  # else put it in, before it allocates guest RAM
+                       # (memory is charged to the cgroup of the thread that first touches it)
     cg.limits()        # read back from the cgroup files
     cg.oom_kills()     # how often the kernel's OOM killer struck inside it
     cg.remove()        # by the supervisor, once the VMM has been reaped
+
+Getting the VMM in, the cheapest way each version allows (`place`, `fork_into`):
+- v1: the VMM moves its own single thread by writing "0" to each hierarchy's `tasks`
+  (vmm.jail.supervisor.join_cgroup), the one move that skips the kernel's threadgroup
+  lock and its RCU grace periods (5-15 ms each on this host);
+- v2 has no such move (cgroup.threads cannot cross domains): the cgroup is made before
+  the fork and the VMM is born in it (clone3 with CLONE_INTO_CGROUP, Linux >= 5.7).
+  Where the kernel refuses that, the supervisor forks as usual and attaches the VMM
+  through cgroup.procs (the slow move, but a correct one), and worker.log says so.
 
 Layout: `<v2 root>/mm/<id12>` with cpu, memory and pids enabled in the subtree, or on
 v1 `<controller mount>/mm/<id12>` in each of the cpu, memory and pids hierarchies.
@@ -32,6 +42,7 @@ limit of N MiB ..." (`mm ps -a`, `mm inspect`); an attached `mm run` prints
 from __future__ import annotations
 
 import errno
+import os
 import time
 from pathlib import Path
 
@@ -131,6 +142,35 @@ class MachineCgroup:
         for d in self.unique_dirs():
             _write(d / "cgroup.procs", str(pid))
 
+    def fork_into(self) -> tuple[int | None, str]:
+        """Fork, the child born in this (v2) cgroup: (0 in the child or the child's pid,
+        ""), or (None, why) with nothing forked when it cannot be done here (v1, or the
+        kernel refuses clone3 into it); call with one thread only."""
+        from vmm.jail import libc
+
+        if self.version != 2:
+            return None, "cgroup v1"
+        try:
+            fd = os.open(self.dirs["cpu"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            return None, f"cannot open {self.dirs['cpu']}: {exc.strerror}"
+        try:
+            return libc.fork_into_cgroup(fd), ""
+        except OSError as exc:
+            return None, f"clone3 into the cgroup refused ({exc.strerror or exc})"
+        finally:
+            os.close(fd)
+
+    def place(self, pid: int, born_inside: bool = False) -> list[str]:
+        """Put the just-forked VMM `pid` in (see "Getting the VMM in" above); the `tasks`
+        files the VMM writes "0" to itself (v1), none on v2: born inside (`fork_into`),
+        or attached here now."""
+        if self.version == 1:
+            return [str(d / "tasks") for d in self.unique_dirs()]
+        if not born_inside:
+            self.attach(pid)
+        return []
+
     def limits(self) -> dict[str, float | int | None]:
         """{"cpus": CPUs of quota or None, "memory": bytes or None, "pids": int or None}."""
         def num(text: str, unlimited: tuple[str, ...]) -> int | None:
@@ -178,6 +218,13 @@ class MachineCgroup:
                     if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                         raise JailError(f"cannot remove cgroup {d}: {exc.strerror}") from None
                     time.sleep(0.01)
+
+
+def unified_root() -> bool:
+    """Whether /sys/fs/cgroup is the cgroup v2 root (a pure v2 host: where it pays to make
+    the cgroup before the VMM's fork, so it can be born in it). One stat; `detect` is
+    the authority, and on a hybrid host says v1."""
+    return os.path.exists(f"{ROOT}/cgroup.controllers")
 
 
 def remove_stale(min_age: float = 60.0) -> list[Path]:

@@ -1,6 +1,7 @@
 """The system calls the jail makes that Python's `os` module lacks, through libc (ctypes).
 
-unshare, mount, umount2, pivot_root, prctl, capget/capset and seccomp. Every constant
+unshare, mount, umount2, pivot_root, prctl, capget/capset, seccomp, and clone3 for a
+fork straight into a cgroup (`fork_into_cgroup`). Every constant
 here carries its C name and tests/unit/jail/test_constants.py checks each against the
 C headers with gcc, so none can drift. Failures raise `OSError` with the errno; the
 callers turn them into a `JailError` naming the step.
@@ -19,7 +20,7 @@ CONSTANTS: dict[str, int] = {
     "CLONE_PARENT": 0x00008000, "CLONE_THREAD": 0x00010000, "CLONE_NEWNS": 0x00020000,
     "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000, "CLONE_NEWIPC": 0x08000000,
     "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000, "CLONE_NEWNET": 0x40000000,
-    "CLONE_NEWTIME": 0x00000080,
+    "CLONE_NEWTIME": 0x00000080, "CLONE_CHILD_SETTID": 0x01000000, "CLONE_INTO_CGROUP": 0x200000000,
     # <sys/mount.h>
     "MS_RDONLY": 1, "MS_NOSUID": 2, "MS_NODEV": 4, "MS_NOEXEC": 8, "MS_REMOUNT": 32,
     "MS_BIND": 4096, "MS_REC": 16384, "MS_PRIVATE": 1 << 18, "MNT_DETACH": 2,
@@ -32,7 +33,7 @@ CONSTANTS: dict[str, int] = {
     # <linux/seccomp.h>
     "SECCOMP_SET_MODE_FILTER": 1, "SECCOMP_FILTER_FLAG_NEW_LISTENER": 8,
     # <sys/syscall.h> (x86-64): the calls glibc 2.36 has no wrapper for
-    "SYS_pivot_root": 155, "SYS_seccomp": 317, "SYS_capset": 126, "SYS_capget": 125,
+    "SYS_pivot_root": 155, "SYS_seccomp": 317, "SYS_capset": 126, "SYS_capget": 125, "SYS_clone3": 435,
 }
 globals().update(CONSTANTS)
 
@@ -109,3 +110,57 @@ def load_seccomp(bpf: bytes, flags: int) -> int:
     prog = _SockFprog(len(bpf) // 8, C.cast(buf, C.c_void_p))
     return _check(_libc.syscall(C.c_long(SYS_seccomp), C.c_uint(SECCOMP_SET_MODE_FILTER),
                                 C.c_uint(flags), C.byref(prog)), "seccomp")
+
+
+class _CloneArgs(C.Structure):
+    """struct clone_args (<linux/sched.h>, CLONE_ARGS_SIZE_VER2: up to `cgroup`)."""
+
+    _fields_ = [(name, C.c_uint64) for name in ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal",
+                                                 "stack", "stack_size", "tls", "set_tid", "set_tid_size",
+                                                 "cgroup")]
+
+
+# Called with the GIL held (PyDLL, not CDLL): the child of a raw clone3 starts holding it,
+# as the child of os.fork() does, and PyOS_AfterFork_Child() expects exactly that.
+_pylibc = C.PyDLL(None, use_errno=True)
+_pylibc.syscall.restype = C.c_long
+_pylibc.pthread_self.restype = C.c_void_p
+_python = C.pythonapi
+
+
+def _tid_slot() -> int:
+    """The address of glibc's cached thread id in the calling thread's descriptor (what
+    fork() has the kernel fill in for the child, CLONE_CHILD_SETTID: glibc reads it for
+    mutex ownership and errorcheck locks); 0 if it cannot be found for certain."""
+    import threading
+
+    base, tid = _pylibc.pthread_self(), threading.get_native_id()
+    words = (C.c_int32 * 256).from_address(base)  # the first 1 KiB; the descriptor is larger
+    hits = [i for i in range(256) if words[i] == tid]
+    return base + 4 * hits[0] if len(hits) == 1 else 0
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork(), the child born in the cgroup v2 directory open as `cgroup_fd` (clone3
+    with CLONE_INTO_CGROUP, Linux >= 5.7): no migration afterwards, so none of the
+    cgroup.procs write's waits for RCU grace periods. The same bookkeeping as os.fork
+    (PyOS_BeforeFork / AfterFork_*: at-fork hooks, the import lock, thread states);
+    call it with one thread only (as the supervisor is), since glibc's own at-fork work
+    is not done. 0 in the child, its pid in the parent; OSError (nothing forked) if the
+    kernel refuses: ENOSYS, E2BIG or EINVAL before 5.7, EBADF/EOPNOTSUPP/EBUSY for a
+    directory that is not a usable cgroup v2 one."""
+    slot = _tid_slot()
+    if not slot:
+        raise OSError(0, "cannot find glibc's thread id slot")
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP | CLONE_CHILD_SETTID, child_tid=slot,
+                      exit_signal=17, cgroup=cgroup_fd)  # SIGCHLD, as fork()
+    _python.PyOS_BeforeFork()
+    pid = _pylibc.syscall(C.c_long(SYS_clone3), C.byref(args), C.c_size_t(C.sizeof(args)))
+    err = C.get_errno()
+    if pid == 0:
+        _python.PyOS_AfterFork_Child()
+        return 0
+    _python.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, os.strerror(err))
+    return pid

@@ -104,7 +104,8 @@ class VmmContext:
 
 def join_cgroup(tasks: list[str]) -> None:
     """Move the calling thread into each v1 hierarchy's machine cgroup by writing "0" to
-    its `tasks` file (an empty list: the supervisor attached us, on v2). Why the VMM
+    its `tasks` file (an empty list, on v2: we were born in it, or the supervisor attached
+    us; MachineCgroup.place decides). Why the VMM
     moves itself: the kernel takes its global threadgroup lock for writing, which waits
     out an RCU grace period (5-15 ms on this host, each hierarchy), for every move but
     one, of the writer's own single thread, by "0". One thread is the whole VMM here
@@ -133,6 +134,7 @@ class Supervisor:
         self.pid = os.getpid()
         self.machines = None
         self.cgroup: MachineCgroup | None = None
+        self.born_inside = False  # the VMM was forked into its cgroup (v2: clone3)
         self.child = 0
         self.listener = -1
         self.violation = None
@@ -154,8 +156,11 @@ class Supervisor:
             # Everything imported so far goes to the GC's permanent generation: no later
             # collection in either process walks (and so copies on write) those pages.
             gc.freeze()
-            self.child = os.fork()
+            self.child = self._fork(limits)
         except BaseException as exc:
+            if self.cgroup is not None:  # made before a fork that failed
+                with contextlib.suppress(Exception):
+                    self.cgroup.remove()
             self._open_store()
             self._fail_start(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}",
                              getattr(exc, "hint", ""))
@@ -166,15 +171,39 @@ class Supervisor:
         vmm.close()
         return self._supervise(sup, limits)
 
-    def _prepare(self, limits: Limits) -> None:
-        """The VMM's cgroup and machine directory, made while it imports; it waits for
-        "cgroup" before it allocates guest memory or jails itself."""
-        from vmm.jail.cell import prepare_machine_dir
-        from vmm.jail.cgroups import MachineCgroup
+    def _fork(self, limits: Limits | None) -> int:
+        """Fork the VMM; on a cgroup v2 host jailed, into its cgroup (made first: it then
+        needs no move, vmm.jail.cgroups says why). Elsewhere the cgroup is made after the
+        fork, while the VMM imports, and it joins it itself (v1) or is attached (v2)."""
+        self.born_inside = False
+        if limits is not None:
+            from vmm.jail import cgroups
 
-        self.cgroup = MachineCgroup.create(self.spec.machine_id, limits.cpus, limits.memory, limits.pids)
+            if cgroups.unified_root():
+                self.cgroup = cgroups.MachineCgroup.create(self.spec.machine_id, limits.cpus, limits.memory,
+                                                           limits.pids)
+                pid, why = self.cgroup.fork_into()
+                if pid is not None:
+                    self.born_inside = True
+                    return pid
+                if self.cgroup.version == 2:
+                    log(f"the VMM is attached to its cgroup after the fork: {why}")
+        return os.fork()
+
+    def _prepare(self, limits: Limits) -> list[str]:
+        """The VMM's cgroup (unless made before the fork) with the VMM in it, and its
+        machine directory, made while it imports; the `tasks` files it joins itself (v1).
+        It waits for "cgroup" before it allocates guest memory or jails itself."""
+        from vmm.jail.cell import prepare_machine_dir
+
+        if self.cgroup is None:
+            from vmm.jail.cgroups import MachineCgroup
+
+            self.cgroup = MachineCgroup.create(self.spec.machine_id, limits.cpus, limits.memory, limits.pids)
+        tasks = self.cgroup.place(self.child, self.born_inside)
         prepare_machine_dir(self.paths.root, limits.gid)
         (self.state_dir / "cell").mkdir(mode=0o700, exist_ok=True)
+        return tasks
 
     def _vmm(self, ctx: VmmContext, vmm_main: Callable[[VmmContext], int]) -> None:
         """In the forked child: shed the supervisor's fds, run the VMM."""
@@ -217,17 +246,12 @@ class Supervisor:
             if limits is not None:
                 from vmm.jail import seccomp
 
-                # Done here, while the VMM imports: the cgroup is made, then the seccomp
-                # filter compiled (or read from the state directory's cache). The VMM
-                # waits for "cgroup" before it makes the VM, joins the cgroup itself on
-                # v1 (join_cgroup says why), makes the VM while we send "seccomp", and
-                # jails itself with that program.
-                self._prepare(limits)
-                tasks = []
-                if self.cgroup.version == 1:
-                    tasks = [str(d / "tasks") for d in self.cgroup.unique_dirs()]
-                else:
-                    self.cgroup.attach(self.child)
+                # Done here, while the VMM imports: the cgroup is made (unless before the
+                # fork) and the VMM put in, then the seccomp filter compiled (or read from
+                # the state directory's cache). The VMM waits for "cgroup" before it
+                # makes the VM, joins the cgroup itself on v1 (join_cgroup says why),
+                # makes the VM while we send "seccomp", and jails itself with that program.
+                tasks = self._prepare(limits)
                 channel.send(sup, {"op": "cgroup", "tasks": tasks})
                 program = base64.b64encode(seccomp.process_program_cached(str(self.state_dir / "seccomp"))).decode()
                 channel.send(sup, {"op": "seccomp", "program": program})

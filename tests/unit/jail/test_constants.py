@@ -1,7 +1,7 @@
 """Every number the jail uses matches the C headers: gcc prints them, we compare.
 
 Covers vmm.jail.libc's constants (clone/namespace flags, mount flags, prctl options,
-seccomp and syscall numbers), the ioctl tables of vmm.jail.ioctls (TUN, terminal,
+seccomp and syscall numbers) and its struct clone_args, the ioctl tables of vmm.jail.ioctls (TUN, terminal,
 userfaultfd) and the seccomp notification's layout and ioctl number. The KVM numbers
 are checked by tests/unit/kvm/test_abi.py.
 """
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None or not os.path.exists("/usr/include/linux/userfaultfd.h"),
     reason="needs gcc and the linux kernel headers (linux-libc-dev)")
 
-HEADERS = ("sched.h", "sys/mount.h", "sys/prctl.h", "sys/syscall.h", "sys/ioctl.h", "linux/capability.h",
+HEADERS = ("sched.h", "linux/sched.h", "sys/mount.h", "sys/prctl.h", "sys/syscall.h", "sys/ioctl.h", "linux/capability.h",
            "linux/seccomp.h", "linux/if_tun.h", "linux/userfaultfd.h", "termios.h")
 # Newer than the headers of Debian 12 (6.1): checked by encoding only (vmm.jail.ioctls.ioc).
 NEWER_THAN_HEADERS = {"UFFDIO_MOVE"}
@@ -62,7 +62,7 @@ def test_struct_sizes_match_gcc(tmp_path):
                "uffdio_api": ioctls.uffdio_api, "uffdio_register": ioctls.uffdio_register,
                "uffdio_range": ioctls.uffdio_range, "uffdio_copy": ioctls.uffdio_copy,
                "uffdio_zeropage": ioctls.uffdio_zeropage, "uffdio_writeprotect": ioctls.uffdio_writeprotect,
-               "uffdio_continue": ioctls.uffdio_continue}
+               "uffdio_continue": ioctls.uffdio_continue, "clone_args": libc._CloneArgs}
     body = "\n".join(f'printf("{n} %zu\\n", sizeof(struct {n}));' for n in structs)
     got = dict(line.split() for line in _run_c(tmp_path, body))
     assert {n: int(v) for n, v in got.items()} == {n: C.sizeof(s) for n, s in structs.items()}
