@@ -6,22 +6,89 @@ period in the kernel (see docs/network.md); without ports it deletes nothing in 
 Runs as root inside a private namespace playing the host (nothing touches the real
 host's networking). Each round attaches (or detaches) one VM while 10 others stay
 attached, with no or one published port, so the figures include the store transaction, the
-namespace, bridge, veth, TAP, routes and both nft tables. Run:
+namespace, bridge, veth, TAP, routes and both nft tables. `test_nft_delete_floor` times
+one map-element deletion alone in the same table: the kernel's share of a detach with a
+port. Run:
     .venv/bin/python -m pytest benchmarks/network --benchmark-only -p no:cacheprovider
+Each timed run also writes benchmarks/results/network-<UTC time>.md and .json (command,
+commit, host load before and after, median, p90, min-max, n per figure).
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import platform
+import statistics
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from vmm.network import attachment as net
-from vmm.network import ipam, netns
+from vmm.network import ipam, netns, nft
 
 TAG = f"mmb{os.getpid() % 100000}"
+ROUNDS = 30
+TARGET_MS = 20.0
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, links, nftables)")
+_FIGURES: dict[str, dict] = {}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+
+def _meta(load_before: tuple) -> dict:
+    dirty = _git("status", "--porcelain", "--", "vmm/network", "benchmarks/network")
+    return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+            "cpus": os.cpu_count(), "kernel": platform.release(),
+            "commit": _git("rev-parse", "--short", "HEAD") + (" (vmm/network modified)" if dirty else ""),
+            "command": "python -m pytest " + " ".join(sys.argv[1:]),
+            "load_before": list(load_before), "load_after": list(os.getloadavg()),
+            "background_vms": 10, "target_ms": TARGET_MS}
+
+
+def _markdown(meta: dict) -> str:
+    lines = [f"# Network set-up and tear-down per VM ({meta['when']})", "",
+             f"Host {meta['host']} ({meta['cpus']} cores, kernel {meta['kernel']}), shared; load "
+             f"{meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after (1-min average).",
+             f"Commit {meta['commit']}. Command: `{meta['command']}`.",
+             f"Each round attaches (or detaches) one VM in a private namespace playing the host, with "
+             f"{meta['background_vms']} other VMs attached. Target <= {TARGET_MS:.0f} ms each (issue 7).", "",
+             "| figure | n | median | p90 | min | max | target |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, f in _FIGURES.items():
+        verdict = "" if f.get("floor") else ("met" if f["median_ms"] <= TARGET_MS else "MISSED")
+        lines.append(f"| {name} | {f['n']} | {f['median_ms']:.2f} ms | {f['p90_ms']:.2f} ms | "
+                     f"{f['min_ms']:.2f}-{f['max_ms']:.2f} ms | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def results_file():
+    """Write what the module measured (nothing when benchmarking is disabled)."""
+    load_before = os.getloadavg()
+    yield
+    if not _FIGURES:
+        return
+    meta = _meta(load_before)
+    stem = RESULTS / f"network-{meta['when'].replace(':', '')}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "figures": _FIGURES}, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(_markdown(meta))
+
+
+def _record(benchmark, name: str, floor: bool = False) -> None:
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable: ran once, untimed
+        return
+    ms = sorted(t * 1e3 for t in stats.stats.data)
+    _FIGURES[name] = {"n": len(ms), "median_ms": statistics.median(ms), "p90_ms": ms[min(len(ms) - 1, int(0.9 * len(ms)))],
+                      "min_ms": ms[0], "max_ms": ms[-1], "mean_ms": statistics.fmean(ms), "floor": floor}
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +121,15 @@ def test_attach(benchmark, host, ports):
         made.append(vm)
         net.attach(vm, publish=[f"{20000 + len(made)}:80"][:ports], conn=host)
 
-    benchmark.pedantic(attach, rounds=30, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(attach, rounds=ROUNDS, iterations=1, warmup_rounds=2)
+    _record(benchmark, f"attach, {ports} published port{'s' * (ports != 1)}")
     for vm in made:
         net.detach(vm, conn=host)
 
 
 @pytest.mark.parametrize("ports", [0, 1])
 def test_detach(benchmark, host, ports):
-    ids = iter(range(40))
+    ids = iter(range(ROUNDS + 10))
 
     def setup():
         i = next(ids)
@@ -69,4 +137,27 @@ def test_detach(benchmark, host, ports):
         net.attach(vm, publish=[f"{30000 + i}:80"][:ports], conn=host)
         return (vm,), {}
 
-    benchmark.pedantic(lambda vm: net.detach(vm, conn=host), setup=setup, rounds=30, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(lambda vm: net.detach(vm, conn=host), setup=setup, rounds=ROUNDS, iterations=1,
+                       warmup_rounds=2)
+    _record(benchmark, f"detach, {ports} published port{'s' * (ports != 1)}")
+
+
+def test_nft_delete_floor(benchmark, host):
+    """One map-element deletion alone: the kernel waits for an RCU grace period in its commit."""
+    table, ports = net.scope.host_table(), itertools.count(40000)
+
+    def setup():
+        port = next(ports)
+        nft.run(f"add element ip {table} pub_tcp {{ {port} : 10.88.0.250 . 80 }}\n")
+        return (f"delete element ip {table} pub_tcp {{ {port} }}\n",), {}
+
+    benchmark.pedantic(nft.run, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=2)
+    _record(benchmark, "floor: one nft element deletion alone", floor=True)
+
+
+def test_nft_add_floor(benchmark, host):
+    """One map-element addition alone (no grace period): the comparison for the figure above."""
+    table, ports = net.scope.host_table(), itertools.count(41000)
+    benchmark.pedantic(lambda: nft.run(f"add element ip {table} pub_tcp {{ {next(ports)} : 10.88.0.250 . 80 }}\n"),
+                       rounds=ROUNDS, iterations=1, warmup_rounds=2)
+    _record(benchmark, "floor: one nft element addition alone", floor=True)
