@@ -94,7 +94,8 @@ class VsockDevice(VirtioDevice):
         while not self._stopping:
             registered = self._update_poll(poller, registered)
             deadline = self.mux.next_deadline()
-            for fd, events in poller.poll(self._timeout_ms(deadline)):
+            idle = deadline is None and self._irq_owed is None  # the usual turn: no timeout to work out
+            for fd, events in poller.poll(None if idle else self._timeout_ms(deadline)):
                 if fd == self._wake or fd in fixed:
                     drain_eventfd(fd)
                     if fixed.get(fd) == RX_QUEUE:
@@ -148,7 +149,7 @@ class VsockDevice(VirtioDevice):
         return max(0, int((due - time.monotonic()) * 1000) + 1)
 
     def _update_poll(self, poller, registered: dict[int, int]) -> dict[int, int]:
-        want = {fd: mask for fd, mask in self.mux.interest().items() if mask}
+        want = self.mux.interest()
         if want == registered:
             return registered  # the usual turn: nothing to tell poll (one C comparison)
         for fd in registered.keys() - want.keys():

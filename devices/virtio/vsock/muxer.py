@@ -70,7 +70,7 @@ class Muxer:
         self.listener_fd = listener.fileno()
         self.metrics = metrics
         self.conns: dict[tuple[int, int], Connection] = {}
-        self._local_ports: collections.Counter[int] = collections.Counter()  # host ports in use (no O(n) scan)
+        self._local_ports: dict[int, int] = {}  # host port -> streams on it (no O(n) scan; a dict: no Counter hooks per connect)
         self.by_fd: dict[int, Connection] = {}
         self.clients: dict[int, bytes] = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
         self.control: collections.deque[bytes] = collections.deque()  # packed headers for the guest
@@ -84,7 +84,7 @@ class Muxer:
         self.tx_data = False
 
     def next_deadline(self) -> float | None:
-        return min(self.connecting.values(), default=None)
+        return min(self.connecting.values()) if self.connecting else None
 
     def expire(self, now: float) -> None:
         """Give up on host-initiated streams the guest never answered (no listener)."""
@@ -95,7 +95,7 @@ class Muxer:
 
     # -- poll interest ---------------------------------------------------------------
     def interest(self) -> dict[int, int]:
-        """fd -> poll mask for every socket right now."""
+        """fd -> poll mask for every socket that has one right now (the others: nothing to wait for)."""
         want = dict.fromkeys(self.clients, POLLIN)
         want[self.listener_fd] = POLLIN
         rx_room, rx_ready, established = self.rx_room, self.rx_ready, ConnState.ESTABLISHED
@@ -106,7 +106,8 @@ class Muxer:
                 mask = POLLIN
             if c.tx_buf or c.shut_wr_pending:
                 mask |= POLLOUT
-            want[fd] = mask
+            if mask:
+                want[fd] = mask
         return want
 
     def on_ready(self, fd: int, events: int) -> None:
@@ -187,14 +188,16 @@ class Muxer:
 
     def _add(self, c: Connection) -> None:
         self.conns[c.key] = c
-        self._local_ports[c.local_port] += 1
+        self._local_ports[c.local_port] = self._local_ports.get(c.local_port, 0) + 1
         self.by_fd[c.fd] = c
         self.metrics.open_streams = len(self.conns)
 
     def _remove(self, c: Connection) -> None:
         if self.conns.pop(c.key, None) is not None:
-            self._local_ports[c.local_port] -= 1
-            if not self._local_ports[c.local_port]:
+            left = self._local_ports[c.local_port] - 1
+            if left:
+                self._local_ports[c.local_port] = left
+            else:
                 del self._local_ports[c.local_port]
         self.connecting.pop(c.key, None)
         self.by_fd.pop(c.fd, None)
@@ -328,6 +331,9 @@ class Muxer:
             if h.op != OP_RST:
                 self._rst_for(h)
             return
+        if h.op == OP_RST:
+            self._remove(c)  # gone: its credit fields no longer matter
+            return
         self._peer_credit(c, h.buf_alloc, h.fwd_cnt)
         self._tx_op(c, h, chain)
 
@@ -340,9 +346,8 @@ class Muxer:
             self.rx_ready[c.key] = c
 
     def _tx_op(self, c: Connection, h: Header, chain) -> None:
-        if h.op == OP_RST:
-            self._remove(c)
-        elif h.op == OP_RESPONSE:
+        """Any op but REQUEST and RST (_tx_header took those) on existing stream `c`."""
+        if h.op == OP_RESPONSE:
             if c.state is not ConnState.CONNECTING:
                 self._reset(c)
                 return
