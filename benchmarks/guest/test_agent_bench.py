@@ -8,6 +8,7 @@ code that serves vsock in a guest), driven by vmm.guest.agent_client.
 * `test_copy_in_out_throughput`: a 32 MiB file through copy_in then copy_out.
 Run:
     .venv/bin/python -m pytest benchmarks/guest --benchmark-only -p no:cacheprovider
+Figures go to benchmarks/results/agent-<UTC time>.md/.json (benchmarks/guest/conftest.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import time
 import pytest
 
 from vmm.guest.agent_client import AgentClient
+
+ROUNDS = 15  # of the throughput runs (the round trip takes as many as pytest-benchmark fits)
 
 
 def _listening(path) -> bool:
@@ -43,12 +46,13 @@ def agent(tmp_path_factory):
     proc.wait(5)
 
 
-def test_exec_true_round_trip(benchmark, agent):
+def test_exec_true_round_trip(benchmark, agent, record):
     result = benchmark(lambda: agent.exec(["/bin/true"]))
     assert result.exit_code == 0
+    record(benchmark, "exec `true`: connect, HELLO, EXEC to EXIT")
 
 
-def test_exec_stdout_throughput(benchmark, agent):
+def test_exec_stdout_throughput(benchmark, agent, record):
     size = 64 << 20
     got = [0]
 
@@ -59,12 +63,13 @@ def test_exec_stdout_throughput(benchmark, agent):
         got[0] = 0
         agent.exec(["head", "-c", str(size), "/dev/zero"], on_stdout=sink)
 
-    benchmark.pedantic(run, rounds=5, iterations=1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     assert got[0] == size
     benchmark.extra_info["MB/s"] = round(size / benchmark.stats.stats.mean / 1e6, 1)
+    record(benchmark, "exec stdout, 64 MiB of `head -c`", bytes_per_round=size)
 
 
-def test_copy_in_out_throughput(benchmark, agent, tmp_path):
+def test_copy_in_out_throughput(benchmark, agent, tmp_path, record):
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(32 << 20))
 
@@ -74,5 +79,6 @@ def test_copy_in_out_throughput(benchmark, agent, tmp_path):
         agent.copy_in(src, str(tmp_path / "g"))
         agent.copy_out(str(tmp_path / "g" / "f.bin"), tmp_path / "b")
 
-    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     benchmark.extra_info["MB/s (in+out)"] = round(2 * (32 << 20) / benchmark.stats.stats.mean / 1e6, 1)
+    record(benchmark, "copy 32 MiB in then out (tar streams; MB/s of both)", bytes_per_round=2 * (32 << 20))

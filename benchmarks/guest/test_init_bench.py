@@ -19,6 +19,7 @@ from vmm.guest.bootconfig import BootConfig
 BUSYBOX = shutil.which("busybox")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not BUSYBOX or not shutil.which("musl-gcc"),
                                 reason="needs root, busybox-static and musl-tools")
+ROUNDS = 15
 UNSHARE = ["unshare", "--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "--propagation", "private"]
 
 
@@ -41,7 +42,7 @@ def tree(tmp_path_factory):
     return ir, img
 
 
-def test_init_boot_true_shutdown(benchmark, tree):
+def test_init_boot_true_shutdown(benchmark, tree, record):
     ir, img = tree
     script = (f"ip link add eth0 type veth peer name eth1; mount --bind {img} {ir}/hostimg; "
               f"exec chroot {ir} /init")
@@ -50,10 +51,13 @@ def test_init_boot_true_shutdown(benchmark, tree):
         out = subprocess.run([*UNSHARE, "sh", "-c", script], capture_output=True, text=True).stdout
         assert "MM-EXIT code=0" in out
 
-    benchmark.pedantic(run, rounds=10, iterations=1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    record(benchmark, "init: boot, `true`, shutdown")
 
 
-def test_baseline_namespace_true(benchmark, tree):
+def test_baseline_namespace_true(benchmark, tree, record):
     ir, img = tree
     script = f"ip link add eth0 type veth peer name eth1; mount --bind {img} {ir}/hostimg; exec chroot {img} /bin/true"
-    benchmark.pedantic(lambda: subprocess.run([*UNSHARE, "sh", "-c", script], check=True), rounds=10, iterations=1)
+    benchmark.pedantic(lambda: subprocess.run([*UNSHARE, "sh", "-c", script], check=True), rounds=ROUNDS,
+                       iterations=1, warmup_rounds=1)
+    record(benchmark, "baseline: same namespaces, `true` alone")

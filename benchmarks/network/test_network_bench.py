@@ -65,6 +65,13 @@ def _markdown(meta: dict) -> str:
         verdict = "" if f.get("floor") else ("met" if f["median_ms"] <= TARGET_MS else "MISSED")
         lines.append(f"| {name} | {f['n']} | {f['median_ms']:.2f} ms | {f['p90_ms']:.2f} ms | "
                      f"{f['min_ms']:.2f}-{f['max_ms']:.2f} ms | {verdict} |")
+    with_port, without = _FIGURES.get("detach, 1 published port"), _FIGURES.get("detach, 0 published ports")
+    floor = _FIGURES.get("floor: one nft element deletion alone")
+    if with_port and without and floor:
+        lines += ["", f"A published port adds {with_port['median_ms'] - without['median_ms']:.1f} ms to a detach "
+                  f"(medians); one nft element deletion alone takes {floor['median_ms']:.1f} ms, an addition "
+                  f"{_FIGURES.get('floor: one nft element addition alone', {}).get('median_ms', float('nan')):.2f} ms: "
+                  "the kernel waits for an RCU grace period in any nft commit that deletes (docs/network.md)."]
     return "\n".join(lines) + "\n"
 
 
