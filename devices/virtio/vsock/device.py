@@ -143,9 +143,13 @@ class VsockDevice(VirtioDevice):
         deferred interrupt, if any."""
         if deadline is _LOOKUP:
             deadline = self.mux.next_deadline()
-        if deadline is None and self._irq_owed is None:
-            return None
-        due = min(t for t in (deadline, self._irq_owed) if t is not None)
+        owed = self._irq_owed
+        if deadline is None:
+            if owed is None:
+                return None
+            due = owed
+        else:
+            due = deadline if owed is None or deadline < owed else owed
         return max(0, int((due - time.monotonic()) * 1000) + 1)
 
     def _update_poll(self, poller, registered: dict[int, int]) -> dict[int, int]:

@@ -87,6 +87,62 @@ def test_take_connect_carries_a_line_that_arrives_in_pieces():
     a.close()
 
 
+def _reference_line(data: bytes):
+    """What take_connect must make of a client that sent `data` and closed: (port or
+    code, stream bytes after the line)."""
+    nl = data.find(b"\n", 0, MAX_CONNECT_LINE)
+    if nl < 0:
+        return _fast.CONNECT_GONE, None
+    line = data[:nl + 1].strip()
+    digits = line[8:]
+    if not line.startswith(b"CONNECT ") or not digits or not digits.isdigit() or not digits.isascii() \
+            or int(digits) > 0xFFFFFFFF:
+        return _fast.CONNECT_BAD, None
+    return int(digits), data[nl + 1:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=48),
+    st.builds(lambda p, tail, pad: pad + b"CONNECT %d\n" % p + tail, st.integers(0, 1 << 33),
+              st.binary(max_size=40), st.sampled_from([b"", b" ", b"\t", b"\r", b"0"]))),
+    cuts=st.lists(st.integers(1, 47), max_size=4))
+def test_take_connect_on_any_bytes_in_any_pieces(data, cuts):
+    """Whatever a host client sends, in whatever pieces: the answer the reference gives,
+    the bytes after the line handed back whole (up to the MAX_CONNECT_LINE read), never
+    more read than that."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        prior, result, rest = b"", None, b""
+        pieces = [data[i:j] for i, j in zip([0, *sorted(set(cuts))], [*sorted(set(cuts)), len(data)]) if j > i]
+        while pieces:
+            b.sendall(pieces.pop(0))
+            port, got = _fast.take_connect(a.fileno(), prior)
+            if port != _fast.CONNECT_PENDING:
+                result, rest = port, got
+                break
+            prior = got
+            assert len(prior) < MAX_CONNECT_LINE
+        for piece in pieces:  # the client goes on sending after its line
+            b.sendall(piece)
+        if result is None:
+            b.shutdown(socket.SHUT_WR)
+            result, rest = _fast.take_connect(a.fileno(), prior)
+        want, want_rest = _reference_line(data)
+        assert result == want
+        if want >= 0:
+            read = rest
+            try:
+                read += a.recv(1 << 16)
+            except BlockingIOError:
+                pass
+            assert read == want_rest  # what came after the line: handed back or still in the socket
+    finally:
+        a.close()
+        b.close()
+
+
 def test_accept_connects_takes_every_pending_connection(tmp_path):
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     lst.bind(str(tmp_path / "l.sock"))
