@@ -128,6 +128,8 @@ class VsockDevice(VirtioDevice):
         if self._reset_event_pending:
             notify = self._send_reset_event(act)
         tx = self.mux.process_tx(act) if self.mux.tx_pending else False
+        if self.mux.fresh:
+            self.mux.retry_fresh()
         notify |= self.mux.process_rx(act)
         if tx and not notify and not self.mux.tx_data:
             if self._irq_owed is None:

@@ -73,6 +73,7 @@ class Muxer:
         self._local_ports: dict[int, int] = {}  # host port -> streams on it (no O(n) scan; a dict: no Counter hooks per connect)
         self.by_fd: dict[int, Connection] = {}
         self.clients: dict[int, bytes] = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
+        self.fresh: list[int] = []  # clients accepted this turn before their line came (see retry_fresh)
         self.control: collections.deque[bytes] = collections.deque()  # packed headers for the guest
         self.rx_ready: dict[tuple[int, int], Connection] = {}
         self.rx_room = True
@@ -144,8 +145,19 @@ class Muxer:
         for fd, port, rest in clients:
             if port == _fast.CONNECT_PENDING:
                 self.clients[fd] = rest
+                self.fresh.append(fd)
             else:
                 self._connect_client(fd, port, rest)
+
+    def retry_fresh(self) -> None:
+        """Look once more, late in the turn, at clients accepted in it before their line
+        came: a client writes it just after its connect, and the device thread often wakes
+        in between. Found now, its REQUEST leaves with this turn's interrupt instead of
+        costing a poll round of its own; still missing, poll reports it as usual."""
+        fresh, self.fresh = self.fresh, []
+        for fd in fresh:
+            if fd in self.clients:
+                self._read_connect_line(fd)
 
     def _read_connect_line(self, fd: int) -> None:
         """More of a pending client's line (poll said it is readable)."""
@@ -543,6 +555,7 @@ class Muxer:
             self._remove(c)
         for fd in list(self.clients):
             self._drop_client(fd)
+        self.fresh.clear()
         self.control.clear()
         self.rx_ready.clear()
 

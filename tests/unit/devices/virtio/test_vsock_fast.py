@@ -17,12 +17,13 @@ from devices.virtio.device import Activated
 from devices.virtio.ring import DESC_F_WRITE
 from devices.virtio.testing import Allocator, DriverQueue, EventLoop, FakeGuestMemory
 from devices.virtio.vsock import (
-    CONN_BUF_ALLOC, MAX_CONNECT_LINE, OP_CREDIT_UPDATE, OP_RESPONSE, OP_RW, OP_SHUTDOWN, TYPE_STREAM, _fast,
+    CONN_BUF_ALLOC, MAX_CONNECT_LINE, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RW, OP_SHUTDOWN, TYPE_STREAM,
+    _fast,
 )
 from devices.virtio.vsock.connection import Connection, ConnState
 from devices.virtio.vsock.device import VsockDevice
 from devices.virtio.vsock.metrics import VsockMetrics
-from devices.virtio.vsock.muxer import Muxer
+from devices.virtio.vsock.muxer import Muxer, open_listener
 from devices.virtio.vsock.packet import HDR_SIZE, Header
 
 CID = 5
@@ -449,3 +450,24 @@ def test_local_port_allocation_skips_ports_in_use(rig):
     rig.mux._remove(taken)
     rig.mux.next_port = (1 << 30) + 1
     assert rig.mux._alloc_port() == (1 << 30) + 1
+
+
+def test_a_line_that_comes_just_after_the_accept_is_taken_in_the_same_turn(tmp_path):
+    """The device thread often accepts between a client's connect and its write of the
+    line: the turn looks once more (retry_fresh) before it fills rx, so the REQUEST
+    leaves with that turn's interrupt rather than a poll round later."""
+    path = str(tmp_path / "v.sock")
+    mux = Muxer(CID, path, open_listener(path), VsockMetrics())
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    mux.on_ready(mux.listener_fd, select.POLLIN)
+    assert list(mux.clients) == mux.fresh and not mux.control  # accepted, no line yet
+    client.sendall(b"CONNECT 77\n")
+    mux.retry_fresh()
+    assert not mux.clients and not mux.fresh
+    (req,) = map(Header.unpack, mux.control)
+    assert req.op == OP_REQUEST and req.dst_port == 77
+    mux.retry_fresh()  # once only: a client still silent waits for poll
+    mux.close_streams()
+    mux.listener.close()
+    client.close()
