@@ -70,7 +70,7 @@ class Muxer:
         self.listener_fd = listener.fileno()
         self.metrics = metrics
         self.conns: dict[tuple[int, int], Connection] = {}
-        self._local_ports: dict[int, int] = {}  # host port -> streams on it (no O(n) scan; a dict: no Counter hooks per connect)
+        self._local_ports: dict[int, int] = {}  # host port -> its streams (no O(n) scan)
         self.by_fd: dict[int, Connection] = {}
         self.clients: dict[int, bytes] = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
         self.fresh: list[int] = []  # clients accepted this turn before their line came (see retry_fresh)
