@@ -4,7 +4,7 @@ Every process (CLI, worker, `mm network`) opens its own connection; nothing is c
 across processes. The API:
 
 - `connect(path=None) -> sqlite3.Connection`: opens (creating) the database in WAL mode
-  with a 180 s busy timeout, autocommit (`isolation_level=None`) so transactions are
+  with a 60 s busy timeout, autocommit (`isolation_level=None`) so transactions are
   explicit, and `sqlite3.Row` rows.
 - `transaction(conn)`: a context manager running its block in `BEGIN IMMEDIATE`; the
   write lock is taken at the start, so a read-decide-write sequence (allocate an IP,
@@ -32,11 +32,11 @@ from pathlib import Path
 from vmm import paths
 
 DB_NAME = "mm.db"
-# How long a connection waits for the write lock. The network code holds it across `nft`
-# runs (vmm/network/attachment.py: one host-table editor at a time), a fork and exec each:
-# ten concurrent `mm run`s in the lab queued past 30 s and one failed with "database is
-# locked". A wait is only ever that queue, so it may be long.
-BUSY_TIMEOUT_MS = 180_000
+# How long a connection waits for the write lock. Transactions are short and never span a
+# subprocess or an nft load (the host table has its own file lock, vmm/network/hostlock.py),
+# but under the lab's emulation ten concurrent `mm run`s still queue for seconds; a wait
+# past this is a stuck holder, reported as "database is locked".
+BUSY_TIMEOUT_MS = 60_000
 
 
 def db_path() -> Path:
