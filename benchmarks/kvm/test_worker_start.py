@@ -23,22 +23,69 @@ each for three ways the worker starts (vmm.worker.launch):
 The servers are the benchmark's own (MM_FORKSERVER_DIR in its tmp directory), and
 pre-import the stamped guest's module (MM_FORKSERVER_PRELOAD) as they do vmm.machine.
 
+Each run also goes to benchmarks/results/worker-start-<UTC time>.json and .md: both
+variants' figures, every sample, the load, the commit, and MM_BENCH_LABEL (a tag such as
+"before"/"after" when runs of two trees are alternated; the other tree runs this same file,
+copied in). MM_BENCH_ROUNDS sets the rounds (default 11).
+
 The worker's memory beyond guest RAM: PSS of the supervisor and the VMM together (a
 page they share after the fork counts once), less their PSS of shmem (guest RAM is a
 memfd; the tiny guest has 2 MiB of it), read from /proc/PID/smaps_rollup once running.
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from vmm.paths import REPO_ROOT
 
-ROUNDS = 11
+ROUNDS = int(os.environ.get("MM_BENCH_ROUNDS") or 11)
 FACTORY = "benchmarks.kvm.stamped_guest:create"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+TARGET_MS = 30.0
+_FIGURES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def results_file():
+    """Write what the module measured (nothing when no variant ran)."""
+    loadavg_start = os.getloadavg()
+    yield
+    if not _FIGURES:
+        return
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    meta = {"when": when, "host": platform.node(), "label": os.environ.get("MM_BENCH_LABEL", ""),
+            "tree": str(REPO_ROOT), "commit": commit, "rounds": ROUNDS, "loadavg_start": loadavg_start,
+            "loadavg": os.getloadavg(), "target_ms": TARGET_MS}
+    stem = RESULTS / f"worker-start-{when.replace(':', '')}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "figures": _FIGURES}, indent=1) + "\n")
+    label = f" [{meta['label']}]" if meta["label"] else ""
+    lines = [f"# Worker start to the guest's first exit{label} ({when}, {meta['host']}, "
+             f"load {loadavg_start[0]:.1f} -> {meta['loadavg'][0]:.1f})", "",
+             f"`benchmarks/kvm/test_worker_start.py`, {ROUNDS} rounds, tree {meta['tree']} at {commit}. "
+             f"Target <= {TARGET_MS:.0f} ms (issue 3).", "",
+             "| variant | path | n | to first exit, median | min | max | to ready, median | PSS beyond guest |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for variant, info in _FIGURES.items():
+        for path in PATHS:
+            f = info[path]
+            lines.append(f"| {variant} | {path} | {f['n']} | {f['to_first_exit_ms']:.1f} ms | "
+                         f"{f['to_first_exit_min_ms']:.1f} ms | {f['to_first_exit_max_ms']:.1f} ms | "
+                         f"{f['to_ready_ms']:.1f} ms | {f.get('beyond_guest_mib', '?')} MiB |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture
@@ -192,9 +239,14 @@ def test_worker_start_to_first_exit(benchmark, control, monkeypatch, jail):
         runs = samples[path][1:]
         memory: dict[str, float] = {}
         _round(control, monkeypatch, path, jail, memory)
-        info[path] = {"to_first_exit_ms": round(statistics.median(s[0] for s in runs) * 1000, 1),
+        info[path] = {"n": len(runs), "to_first_exit_ms": round(statistics.median(s[0] for s in runs) * 1000, 1),
                       "to_first_exit_min_ms": round(min(s[0] for s in runs) * 1000, 1),
-                      "to_ready_ms": round(statistics.median(s[1] for s in runs) * 1000, 1), **memory}
+                      "to_first_exit_max_ms": round(max(s[0] for s in runs) * 1000, 1),
+                      "to_ready_ms": round(statistics.median(s[1] for s in runs) * 1000, 1), **memory,
+                      "samples_first_exit_ms": [round(s[0] * 1000, 2) for s in runs]}
     info["server_ready_ms"] = _server_ready_ms()
     benchmark.extra_info.update(info)
-    print(f"\nworker start ({'jail' if jail else 'no jail'}): {info}")
+    _FIGURES["jail" if jail else "no-jail"] = info
+    brief = {k: {kk: vv for kk, vv in v.items() if kk != "samples_first_exit_ms"} if isinstance(v, dict) else v
+             for k, v in info.items()}
+    print(f"\nworker start ({'jail' if jail else 'no jail'}): {brief}")
