@@ -269,6 +269,13 @@ def test_the_vmm_is_jailed(control):
     for ns in ("mnt", "pid", "net", "ipc", "uts", "cgroup"):
         assert os.readlink(f"/proc/{vmm}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
     assert os.readlink(f"/proc/{rec.worker_pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")  # supervisor: host
+    # the supervisor made the VMM's network namespace (vmm.jail.libc.new_netns) and stayed in the host's;
+    # the VMM's holds nothing but its loopback
+    assert os.readlink(f"/proc/{rec.worker_pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    with open(f"/proc/{vmm}/net/dev") as f:
+        assert [line.split(":")[0].strip() for line in f.readlines()[2:]] == ["lo"]
+    assert len([fd for fd in os.listdir(f"/proc/{rec.worker_pid}/fd")
+                if os.readlink(f"/proc/{rec.worker_pid}/fd/{fd}").startswith("net:")]) == 0  # no copy kept
     assert not os.path.exists(f"/proc/{vmm}/root/etc")
     assert sorted(os.listdir(f"/proc/{vmm}/root/proc")) == ["1", "self", "thread-self"]
     assert control.client(rec).status()["pid"] == rec.worker_pid  # the API names the supervisor

@@ -10,7 +10,9 @@ Steps, each a reason for the next:
    supervisor: the VMM is pid 1 of its own). The network namespace is new and empty,
    not the VM's: the TAP fd opened before keeps working in any namespace, while the
    VM's namespace holds a routed link to the host bridge that the VMM has no use for.
-   The empty one also gives it an empty abstract-socket namespace.
+   The empty one also gives it an empty abstract-socket namespace. The supervisor
+   makes it meanwhile (`libc.new_netns`, the one costly namespace) and sends it with
+   the seccomp filter; the VMM enters it (setns) and closes the fd, or makes its own.
 3. The cell (vmm.jail.cell) becomes the root; the hostname is the machine's short id.
 4. rlimits, capabilities, ids, no_new_privs (vmm.jail.privileges).
 5. The seccomp filter (vmm.jail.seccomp), compiled by the supervisor while the VMM was
@@ -68,15 +70,25 @@ class _Steps(dict):
 
 
 def enter(limits: Limits, cell: Cell, sock: socket.socket, hostname: str,
-          program: bytes | None = None) -> dict[str, float]:
+          program: bytes | None = None, netns: int = -1) -> dict[str, float]:
     """Jail the calling process for good; returns each step's duration and the total (s).
-    `program` is the seccomp filter as BPF if the supervisor compiled it already."""
+    `program` is the seccomp filter as BPF if the supervisor compiled it already, `netns`
+    an fd of the new empty network namespace it made (closed here), or -1."""
     steps = _Steps()
-    steps.run("check", "counting threads", _only_thread)
-    cap_last = steps.run("check", "reading cap_last_cap", privileges.last_capability)
-    if program is None:
-        program = steps.run("compile", "compiling the seccomp filter", seccomp.process_program)
-    steps.run("unshare", "unshare (mount, IPC, UTS, network, cgroup namespaces)", L.unshare, NAMESPACES)
+    try:
+        steps.run("check", "counting threads", _only_thread)
+        cap_last = steps.run("check", "reading cap_last_cap", privileges.last_capability)
+        if program is None:
+            program = steps.run("compile", "compiling the seccomp filter", seccomp.process_program)
+        if netns < 0:
+            steps.run("unshare", "unshare (mount, IPC, UTS, network, cgroup namespaces)", L.unshare, NAMESPACES)
+        else:
+            steps.run("unshare", "unshare (mount, IPC, UTS, cgroup namespaces)", L.unshare,
+                      NAMESPACES & ~L.CLONE_NEWNET)
+            steps.run("unshare", "entering the new network namespace", L.setns, netns, L.CLONE_NEWNET)
+    finally:
+        if netns >= 0:
+            os.close(netns)
     steps.run("cell", "building the cell", cell.build)
     steps.run("pivot", "pivot_root into the cell", cell.enter)
     steps.run("drop", "sethostname", socket.sethostname, hostname)

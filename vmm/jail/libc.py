@@ -1,7 +1,7 @@
 """The system calls the jail makes that Python's `os` module lacks, through libc (ctypes).
 
-unshare, mount, umount2, pivot_root, prctl, capget/capset, seccomp, and clone3 for a
-fork straight into a cgroup (`fork_into_cgroup`). Every constant
+unshare, setns, mount, umount2, pivot_root, prctl, capget/capset, seccomp, and clone3 for
+a fork straight into a cgroup (`fork_into_cgroup`). Every constant
 here carries its C name and tests/unit/jail/test_constants.py checks each against the
 C headers with gcc, so none can drift. Failures raise `OSError` with the errno; the
 callers turn them into a `JailError` naming the step.
@@ -49,11 +49,31 @@ _libc.syscall.restype = C.c_long
 _libc.mount.argtypes = [C.c_char_p, C.c_char_p, C.c_char_p, C.c_ulong, C.c_char_p]
 _libc.umount2.argtypes = [C.c_char_p, C.c_int]
 _libc.unshare.argtypes = [C.c_int]
+_libc.setns.argtypes = [C.c_int, C.c_int]
 _libc.prctl.argtypes = [C.c_int, C.c_ulong, C.c_ulong, C.c_ulong, C.c_ulong]
 
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def new_netns() -> int:
+    """A new, empty network namespace, open as an fd, while the caller (one thread only)
+    stays in its own: the VMM enters it with setns at its jail, which costs it ~0.1 ms
+    where making one costs ~0.7 ms (the kernel sets up loopback, sysctls, nf tables)."""
+    own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        unshare(CLONE_NEWNET)
+        try:
+            return os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:

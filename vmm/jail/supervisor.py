@@ -72,6 +72,7 @@ class VmmContext:
         self.limits = limits      # None without a jail
         self.joined = False
         self.program: bytes | None = None  # the seccomp filter, compiled by the supervisor meanwhile
+        self.netns = -1  # the new empty network namespace it made for us (an fd), entered at the jail
 
     @property
     def cell_mountpoint(self) -> str:
@@ -87,19 +88,28 @@ class VmmContext:
 
     def wait_for_program(self) -> bytes | None:
         """The seccomp filter, which the supervisor sends after "cgroup" (it reads it while
-        we make the VM). Call before the first store request (the message would be taken
-        for its reply); the start-failure path calls it too. None without a jail."""
+        we make the VM) with the network namespace it made for us (`netns`). Call before
+        the first store request (the message would be taken for its reply); the
+        start-failure path calls it too. None without a jail."""
         self.wait_for_cgroup()
         if self.limits is not None and self.program is None:
             self.program = b""  # asked once: a failure here is not waited out again
-            self.program = base64.b64decode(self._expect("seccomp")["program"])
+            message, fds = self._expect("seccomp", fds=1)
+            self.netns = fds[0] if fds else -1
+            self.program = base64.b64decode(message["program"])
         return self.program
 
-    def _expect(self, op: str) -> dict[str, Any]:
-        message, _ = channel.recv(self.sock)
+    def _expect(self, op: str, fds: int = 0) -> tuple[dict[str, Any], list[int]] | dict[str, Any]:
+        """The supervisor's next message, which must be `op`; with `fds`, (message, its
+        first `fds` fds), any others closed."""
+        message, got = channel.recv(self.sock)
+        for fd in got[fds:]:
+            os.close(fd)
         if message.get("op") != op:
+            for fd in got[:fds]:
+                os.close(fd)
             raise RuntimeError(f"expected the supervisor's {op} message, got {message!r}")
-        return message
+        return (message, got[:fds]) if fds else message
 
 
 def join_cgroup(tasks: list[str]) -> None:
@@ -254,7 +264,11 @@ class Supervisor:
                 tasks = self._prepare(limits)
                 channel.send(sup, {"op": "cgroup", "tasks": tasks})
                 program = base64.b64encode(seccomp.process_program_cached(str(self.state_dir / "seccomp"))).decode()
-                channel.send(sup, {"op": "seccomp", "program": program})
+                netns = libc.new_netns()  # for the VMM's jail (vmm.jail.enter, step 2)
+                try:
+                    channel.send(sup, {"op": "seccomp", "program": program}, fd=netns)
+                finally:
+                    os.close(netns)
             self._open_store()
             self.machines.set_worker(self.spec.machine_id, self.spec.generation, *self_identity())
         except Exception as exc:

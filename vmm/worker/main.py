@@ -85,7 +85,9 @@ def _jail(ctx: VmmContext, vm, log) -> None:
     for path in sockets[1:]:  # the VMM's own vsock socket: it connects to it after the jail
         share_socket(path, limits.gid)
     cell = Cell(ctx.cell_mountpoint, str(ctx.paths.root), limits.ro_paths)
-    steps = enter(limits, cell, ctx.sock, ctx.paths.root.name, ctx.wait_for_program())
+    program = ctx.wait_for_program()
+    steps = enter(limits, cell, ctx.sock, ctx.paths.root.name, program, ctx.netns)
+    ctx.netns = -1  # closed by enter
     parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in steps.items() if k != "total")
     cpus = "none" if limits.cpus is None else f"{limits.cpus:g}"  # None: no CPU-time limit (vmm.jail.config)
     log(f"jailed in {steps['total'] * 1000:.1f} ms ({parts}): uid/gid {limits.uid}/{limits.gid}, cpus {cpus}, "
