@@ -1,45 +1,27 @@
 """Image numbers: pull vs `skopeo copy`, root filesystem build (ext4 vs erofs), cached resolve.
 
-The test image is ~100 MB of layers (4 layers, 100 files each, half random and half
-text, gzip), written once as an OCI layout under the cache dir and pushed to a
-docker-registry on 127.0.0.1. Run:
+The test image is ~100 MB of layers (benchmarks/image/bigimage.py: 4 layers, 100 files
+each, half random and half text, gzip), pushed to a docker-registry on 127.0.0.1. Run:
     .venv/bin/python -m pytest benchmarks/image --benchmark-only -p no:cacheprovider
+For the recorded figures (contenders alternating, results file written), run
+    .venv/bin/python -m benchmarks.image.pull_compare
 Targets (issue 6): our pull / skopeo's ≥ 1.0 in our favour; cached resolve to rootfs ≤ 20 ms.
 """
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 
 import pytest
 
+from benchmarks.image.bigimage import ensure_layout
 from tests.image.conftest import Registry
-from tests.unit.image.ocitools import tar_bytes, write_layout
-from vmm import paths
-
-LAYERS, FILES, FILE_SIZE = 4, 100, 256 << 10  # 4 × 100 × 256 KiB = 100 MiB uncompressed
-
-
-def _layer(seed: int) -> bytes:
-    rng = random.Random(seed)
-    words = [bytes(rng.choice(b"abcdefghij ") for _ in range(64)) for _ in range(256)]
-    entries = [("dir", f"l{seed}")]
-    for i in range(FILES):
-        half = FILE_SIZE // 2
-        text = b"".join(rng.choice(words) for _ in range(half // 64))
-        entries.append(("file", f"l{seed}/f{i}", rng.randbytes(half) + text))
-    return tar_bytes(entries)
 
 
 @pytest.fixture(scope="module")
 def layout():
-    path = paths.cache_dir() / "bench" / "image-100m"
-    if not (path / "index.json").exists():
-        shutil.rmtree(path, ignore_errors=True)
-        write_layout(path, [_layer(i) for i in range(LAYERS)], tag="100m")
-    return path
+    return ensure_layout()
 
 
 @pytest.fixture(scope="module")
