@@ -87,8 +87,12 @@ def detect() -> tuple[int, dict[str, Path]]:
 
 
 def _write(path: Path, value: str) -> None:
-    try:
-        path.write_text(value)
+    try:  # one write(2), no io layer: on cgroup v2 these are made before the VMM's fork
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise JailError(f"cannot write {value.strip()!r} to {path}: {exc.strerror}",
                         "mm needs root to set resource limits") from None
