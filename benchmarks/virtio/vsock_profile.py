@@ -10,11 +10,13 @@ free, tx packets of up to 64 KiB (header + payload), answering REQUEST with RESP
 once. Being another process, the guest never holds the device's GIL. Reported per
 phase: wall time, the device thread's CPU time (from /proc) per MiB or per connect,
 interrupts raised and kicks taken. `--strace` attaches `strace -c` to the device thread
-and prints its syscall counts per phase.
+and prints its syscall counts per phase; `--turns` counts the device thread's poll
+wake-ups (loop turns) per phase and what woke them.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import faulthandler
 import signal
 import os
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
@@ -35,6 +38,7 @@ from devices.virtio.testing import Allocator, EventLoop, FakeGuestMemory, FakeIn
 from devices.virtio.vsock import (  # noqa: E402
     OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, TYPE_STREAM,
 )
+from devices.virtio.vsock import device as vsock_device  # noqa: E402
 from devices.virtio.vsock.device import VsockDevice  # noqa: E402
 from devices.virtio.vsock.packet import HDR, HDR_SIZE  # noqa: E402
 
@@ -44,6 +48,7 @@ RX_BUF = 4096
 GUEST_BUF_ALLOC = 256 * 1024
 TX_PKT = 64 * 1024
 _DESC = struct.Struct("<QIHH")
+TURNS = None  # a TurnCounter with --turns
 
 
 class Ring:
@@ -188,6 +193,34 @@ class LinuxLikeGuest:
             o[1] = -1 << 60  # done
 
 
+class TurnCounter:
+    """Stands in for the device module's `select` (--turns): its poll() counts each
+    wake-up of the device thread by what woke it (queue kicks, listener, streams)."""
+
+    def __init__(self, dev) -> None:
+        self.dev, self.seen = dev, collections.Counter()
+        outer = self
+
+        class Poll:
+            def __init__(self):
+                self.p = select.poll()
+                self.register, self.unregister = self.p.register, self.p.unregister
+
+            def poll(self, timeout=None):
+                r = self.p.poll(timeout)
+                outer.count(r)
+                return r
+        self.ns = types.SimpleNamespace(poll=Poll, POLLIN=select.POLLIN)
+
+    def count(self, ready) -> None:
+        act, mux = self.dev.active, self.dev.mux
+        kicks = {fd: f"kick{i}" for i, fd in enumerate(act.queue_events)} if act else {}
+        what = sorted({kicks.get(fd) or ("listener" if fd == mux.listener.fileno() else
+                                         "client" if fd in mux.clients else
+                                         "wake" if fd == self.dev._wake else "stream") for fd, _ in ready})
+        self.seen["+".join(what) or "timeout"] += 1
+
+
 def thread_user_sys(tid: int) -> tuple[float, float]:
     """User and system seconds of a thread (clock ticks: use over long phases)."""
     f = Path(f"/proc/{os.getpid()}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -227,6 +260,7 @@ class Phase:
         self.m0 = dict(self.dev.metrics.snapshot())
         self.t0, self.c0, self.i0 = time.perf_counter(), thread_cpu(self.tid), self.irq.count
         self.us0 = thread_user_sys(self.tid)
+        self.turns0 = collections.Counter(TURNS.seen) if TURNS else None
         return self
 
     def __exit__(self, *exc):
@@ -237,6 +271,7 @@ class Phase:
         self.irqs = self.irq.count - self.i0
         m = self.dev.metrics.snapshot()
         self.delta = {k: m[k] - self.m0.get(k, 0) for k in ("rx_packets", "tx_packets", "credit_updates_sent")}
+        self.turns = collections.Counter(TURNS.seen) - self.turns0 if TURNS else None
         if self.strace is not None:
             self.strace.send_signal(2)
             self.strace.wait()
@@ -290,6 +325,7 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=32)
     ap.add_argument("--connects", type=int, default=200)
     ap.add_argument("--strace", action="store_true")
+    ap.add_argument("--turns", action="store_true")
     ap.add_argument("--phases", default="connect,host->guest,guest->host")
     a = ap.parse_args()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -298,6 +334,10 @@ def main() -> int:
     mem = FakeGuestMemory(64 << 20, memfd=True)
     irq = FakeInterrupt()
     dev = VsockDevice(CID, uds)
+    global TURNS
+    if a.turns:
+        TURNS = TurnCounter(dev)
+        vsock_device.select = TURNS.ns
     t = MmioTransport(dev, mem, irq, EventLoop())
     alloc = Allocator(0x1000, mem.size)
     drv = MockDriver(t, mem, queue_size=256, alloc=alloc)
@@ -330,6 +370,10 @@ def main() -> int:
         print(f"{p.name:12} wall {p.wall * 1e3 / p.unit:8.3f} ms/{p.per}  device CPU {p.cpu * 1e3 / p.unit:8.3f} "
               f"ms/{p.per} (user {p.user * 1e3 / p.unit:.3f}, sys {p.sys * 1e3 / p.unit:.3f})  "
               f"interrupts {p.irqs / p.unit:7.1f}/{p.per}  {p.delta}")
+        if p.turns is not None:
+            n = sum(p.turns.values())
+            print(f"{'':12} turns {n / p.unit:.2f}/{p.per}: " +
+                  ", ".join(f"{k} {v / p.unit:.2f}" for k, v in p.turns.most_common()))
         if a.strace:
             print(p.syscalls)
     return 0
