@@ -1,6 +1,7 @@
 """vmm.image.httpclient against a real HTTP server on 127.0.0.1: keep-alive, redirects, short bodies, TLS checks."""
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import shutil
@@ -8,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import urllib.parse
 
 import pytest
 
@@ -151,3 +153,126 @@ def test_tls_trusted_certificate(tls_server, monkeypatch):
         assert c.request("GET", f"https://127.0.0.1:{srv.port}/data/7").content == b"x" * 7
     finally:
         c.close()
+
+
+class ForwardProxy:
+    """A forward proxy on 127.0.0.1: CONNECT tunnels and absolute-URI GETs; logs what it was asked."""
+
+    def __init__(self) -> None:
+        import http.client
+        import select
+
+        self.log: list[tuple[str, str, str | None]] = []
+        log = self.log
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_CONNECT(self):  # noqa: N802 - http.server's naming
+                log.append(("CONNECT", self.path, self.headers.get("Proxy-Authorization")))
+                host, _, port = self.path.rpartition(":")
+                upstream = socket.create_connection((host, int(port)))
+                self.send_response(200, "Connection established")
+                self.end_headers()
+                self.wfile.flush()
+                ends = [self.connection, upstream]
+                while True:
+                    readable, _, _ = select.select(ends, [], [], 5)
+                    if not readable:
+                        break
+                    for src in readable:
+                        data = src.recv(65536)
+                        if not data:
+                            upstream.close()
+                            self.close_connection = True
+                            return
+                        (upstream if src is self.connection else self.connection).sendall(data)
+
+            def do_GET(self):  # noqa: N802
+                log.append(("GET", self.path, self.headers.get("Proxy-Authorization")))
+                target = urllib.parse.urlsplit(self.path)
+                conn = http.client.HTTPConnection(target.netloc)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "proxy-authorization"}
+                conn.request("GET", target.path + (f"?{target.query}" if target.query else ""), headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                self.send_response(resp.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                conn.close()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def forward_proxy(monkeypatch):
+    monkeypatch.setattr(mmhttp, "LOOPBACK_DIRECT", False)  # the servers here are all on 127.0.0.1
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    fp = ForwardProxy()
+    yield fp
+    fp.close()
+
+
+PROXY_AUTH = "Basic " + base64.b64encode(b"u:p w").decode()
+
+
+def test_http_through_proxy(server, forward_proxy, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", f"http://u:p%20w@127.0.0.1:{forward_proxy.port}")
+    c = mmhttp.Client(timeout=5)
+    try:
+        echo = c.request("GET", f"http://127.0.0.1:{server.port}/echo?x=1").json()
+    finally:
+        c.close()
+    assert forward_proxy.log == [("GET", f"http://127.0.0.1:{server.port}/echo?x=1", PROXY_AUTH)]
+    assert echo["query"] == "x=1" and "Proxy-Authorization" not in echo["headers"]
+
+
+def test_https_through_connect_tunnel(tls_server, forward_proxy, monkeypatch):
+    srv, cert = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("https_proxy", f"u:p%20w@127.0.0.1:{forward_proxy.port}")  # no scheme: http:// assumed
+    c = mmhttp.Client(timeout=5)
+    try:
+        assert c.request("GET", f"https://127.0.0.1:{srv.port}/data/9").content == b"x" * 9
+        assert c.request("GET", f"https://127.0.0.1:{srv.port}/data/3").content == b"xxx"  # same tunnel
+    finally:
+        c.close()
+    assert forward_proxy.log == [("CONNECT", f"127.0.0.1:{srv.port}", PROXY_AUTH)]
+
+
+@pytest.mark.parametrize("no_proxy, netloc, direct", [
+    ("", "registry.example.com", False),
+    ("example.com", "registry.example.com", True),
+    (".example.com", "example.com", True),
+    ("*.example.com", "a.example.com:5000", True),
+    ("example.org, other", "registry.example.com", False),
+    ("reg.example.com:5000", "reg.example.com:5000", True),
+    ("reg.example.com:5000", "reg.example.com", False),
+    ("10.0.0.0/8", "10.1.2.3:5000", True),
+    ("*", "anything", True),
+])
+def test_no_proxy(monkeypatch, no_proxy, netloc, direct):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    assert (mmhttp.proxy_for("https", netloc) is None) == direct
+
+
+def test_loopback_is_direct_and_socks_refused(monkeypatch):
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    assert mmhttp.proxy_for("http", "127.0.0.1:5000") is None and mmhttp.proxy_for("https", "localhost") is None
+    with pytest.raises(mmhttp.ConnectError, match="only http:// proxies"):
+        mmhttp.proxy_for("https", "registry.example.com")
