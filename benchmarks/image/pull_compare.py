@@ -5,8 +5,9 @@
 - pull: the ~100 MB image (benchmarks/image/bigimage.py) from a docker-registry on
   127.0.0.1, into an empty destination each time, as a user runs it: `mm image pull -q`
   (a fresh process, fresh MM_CACHE) against `skopeo copy docker://... oci:DIR:TAG`; the
-  same pull in-process (vmm.image.pull.pull) as a third contender, which shows what the
-  process start costs. Every round runs each once, the order rotated per round, so a
+  same pull in a fresh `python -S` without typer (what a hand-parsed fast path would
+  cost), and in-process (vmm.image.pull.pull): these show what process start and CLI
+  framework cost. Every round runs each once, the order rotated per round, so a
   shared host's load drifts fall on all alike. Ratio = skopeo's median / ours (≥ 1.0: ours
   is faster). Both verify every blob's sha256; ours also fsyncs each blob before it
   becomes visible (skopeo does not).
@@ -27,6 +28,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +42,16 @@ from tests.image.conftest import Registry  # noqa: E402
 MM = str(Path(sys.executable).with_name("mm"))
 RESULTS = REPO / "benchmarks" / "results"
 RESOLVE_TARGET_MS = 20.0
+# `mm image pull`'s work in a fresh `python -S` set up as the mm launcher is, without the CLI
+# framework (typer): what the command would cost with a hand-parsed fast path like `mm run`'s.
+BARE = "pull in a fresh python -S, no CLI framework"
+BARE_PULL = """
+import sys
+sys.path[1:1] = sys.argv[2:4]
+from vmm.image import Store, parse
+from vmm.image.pull import pull
+print(pull(parse(sys.argv[1]), Store(), quiet=True))
+"""
 FRESH_RESOLVE = """
 import os, sys, time
 t = time.perf_counter()
@@ -71,13 +83,17 @@ def pull_rounds(reg: Registry, work: Path, rounds: int) -> dict[str, list[float]
         subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}",
                         f"oci:{work / 'oci'}:{TAG}"], check=True)
 
+    def mm_bare():
+        subprocess.run([sys.executable, "-S", "-c", BARE_PULL, ref, str(REPO), sysconfig.get_paths()["purelib"]],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+
     def mm_inproc():
         from vmm.image import Store, parse
         from vmm.image.pull import pull
 
         pull(parse(ref), Store(work / "mm-cache" / "images"), quiet=True)
 
-    contenders = {"mm image pull": mm_cli, "skopeo copy": skopeo, "mm pull (in-process)": mm_inproc}
+    contenders = {"mm image pull": mm_cli, "skopeo copy": skopeo, BARE: mm_bare, "mm pull (in-process)": mm_inproc}
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for rnd in range(-1, rounds):  # round -1 is a warm-up (page cache, registry), not recorded
@@ -89,8 +105,8 @@ def pull_rounds(reg: Registry, work: Path, rounds: int) -> dict[str, list[float]
             elapsed = timed(contenders[name])
             if rnd >= 0:
                 times[name].append(elapsed)
-        print(f"round {rnd}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names if rnd >= 0 and times[n]),
-              file=sys.stderr)
+        done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names) if rnd >= 0 else "warm-up"
+        print(f"round {rnd}: {done}", file=sys.stderr)
     return times
 
 
@@ -152,11 +168,13 @@ def report(meta: dict, pulls: dict, builds: dict, sizes: tuple[int, int], resolv
     p = summary["pull_s"]
     ratio = p["skopeo copy"]["median"] / p["mm image pull"]["median"]
     ratio_inproc = p["skopeo copy"]["median"] / p["mm pull (in-process)"]["median"]
+    ratio_bare = p["skopeo copy"]["median"] / p[BARE]["median"]
     packed, unpacked = sizes
     per100 = {fmt: {"s_per_100MB_compressed": s["median"] * 1e8 / packed,
                     "s_per_100MB_uncompressed": s["median"] * 1e8 / unpacked}
               for fmt, s in summary["rootfs_build_s"].items()}
     summary.update(ratio_skopeo_over_mm=ratio, ratio_skopeo_over_mm_inprocess=ratio_inproc,
+                   ratio_skopeo_over_mm_bare_process=ratio_bare,
                    layer_bytes_compressed=packed, layer_bytes_uncompressed=unpacked, rootfs_build_per_100MB=per100)
     load = meta["loadavg"]
     lines = [f"# image: pull vs skopeo copy, rootfs build, cached resolve ({meta['when']}, {meta['host']})", "",
@@ -169,6 +187,7 @@ def report(meta: dict, pulls: dict, builds: dict, sizes: tuple[int, int], resolv
              "| contender | n | median | min–max |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {s['n']} | {s['median']:.3f} s | {s['min']:.3f}–{s['max']:.3f} s |" for name, s in p.items()]
     lines += ["", f"**Ratio skopeo / mm image pull (medians): {ratio:.2f}** (target ≥ 1.0 in our favour); "
+              f"skopeo / the same pull in a fresh python without the CLI framework: {ratio_bare:.2f}; "
               f"skopeo / in-process pull: {ratio_inproc:.2f}.", "",
               "## Root filesystem build (vmm.image.rootfs.build: unpack all layers + mkfs; alternating)", "",
               "| format | n | median | min–max | per 100 MB compressed | per 100 MB uncompressed |",
