@@ -285,3 +285,19 @@ def test_persistent_cut_keeps_only_a_resumable_prefix(proxy, retry_image, cache,
     assert 0 < len(kept) < len(blob) and blob.startswith(kept)
     assert resolve(f"{registry.host}/mm/retry:r").layers and cache.read_blob(layer) == blob
     assert not cache.partial_path(layer).exists()
+
+
+def test_nothing_listening_is_unreachable_not_unavailable(cache, sleeps):
+    """Refused connections are retried too, then named for what they are: a wrong or stopped registry."""
+    from vmm.image import parse
+    from vmm.image.errors import RegistryError, RegistryUnavailable
+    from vmm.image.pull import pull
+    from vmm.image.registry import ATTEMPTS
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = s.getsockname()[1]
+        with pytest.raises(RegistryError, match=f"cannot reach 127.0.0.1:{port}") as err:
+            pull(parse(f"127.0.0.1:{port}/mm/retry:r"), cache, quiet=True)
+    assert not isinstance(err.value, RegistryUnavailable) and "running" in err.value.hint
+    assert sleeps == _backoff(ATTEMPTS - 1) and not cache.refs()
