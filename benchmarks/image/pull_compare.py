@@ -52,6 +52,15 @@ from vmm.image import Store, parse
 from vmm.image.pull import pull
 print(pull(parse(sys.argv[1]), Store(), quiet=True))
 """
+# `mm` run from another tree (an older commit's vmm/, e.g. from `git archive REV vmm`), set up
+# as the launcher sets up ours: the before/after figure of a change in the same run.
+BEFORE_CLI = """
+import sys
+sys.path[1:1] = sys.argv[1:3]
+del sys.argv[1:3]
+from vmm.cli.main import main
+sys.exit(main())
+"""
 FRESH_RESOLVE = """
 import os, sys, time
 t = time.perf_counter()
@@ -72,7 +81,7 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def pull_rounds(reg: Registry, work: Path, rounds: int) -> dict[str, list[float]]:
+def pull_rounds(reg: Registry, work: Path, rounds: int, before: Path | None = None) -> dict[str, list[float]]:
     ref = f"{reg.host}/{NAME}:{TAG}"
     env = {**os.environ, "MM_CACHE": str(work / "mm-cache")}
 
@@ -93,7 +102,13 @@ def pull_rounds(reg: Registry, work: Path, rounds: int) -> dict[str, list[float]
 
         pull(parse(ref), Store(work / "mm-cache" / "images"), quiet=True)
 
+    def mm_before():
+        subprocess.run([sys.executable, "-S", "-c", BEFORE_CLI, str(before), sysconfig.get_paths()["purelib"],
+                        "image", "pull", "-q", ref], env=env, check=True, stdout=subprocess.DEVNULL)
+
     contenders = {"mm image pull": mm_cli, "skopeo copy": skopeo, BARE: mm_bare, "mm pull (in-process)": mm_inproc}
+    if before:
+        contenders[f"mm image pull, tree {before.name} (before)"] = mm_before
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for rnd in range(-1, rounds):  # round -1 is a warm-up (page cache, registry), not recorded
@@ -173,6 +188,7 @@ def report(meta: dict, pulls: dict, builds: dict, sizes: tuple[int, int], resolv
     per100 = {fmt: {"s_per_100MB_compressed": s["median"] * 1e8 / packed,
                     "s_per_100MB_uncompressed": s["median"] * 1e8 / unpacked}
               for fmt, s in summary["rootfs_build_s"].items()}
+    summary["ratio_skopeo_over"] = {name: p["skopeo copy"]["median"] / st["median"] for name, st in p.items()}
     summary.update(ratio_skopeo_over_mm=ratio, ratio_skopeo_over_mm_inprocess=ratio_inproc,
                    ratio_skopeo_over_mm_bare_process=ratio_bare,
                    layer_bytes_compressed=packed, layer_bytes_uncompressed=unpacked, rootfs_build_per_100MB=per100)
@@ -184,8 +200,9 @@ def report(meta: dict, pulls: dict, builds: dict, sizes: tuple[int, int], resolv
              f"Image: {len(meta['layers'])} gzip layers, {packed / 1e6:.1f} MB compressed, {unpacked / 1e6:.1f} MB "
              f"uncompressed; docker-registry on 127.0.0.1, page cache warm (one unrecorded warm-up round).", "",
              "## Pull (contenders alternating, order rotated every round; empty destination each time)", "",
-             "| contender | n | median | min–max |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {s['n']} | {s['median']:.3f} s | {s['min']:.3f}–{s['max']:.3f} s |" for name, s in p.items()]
+             "| contender | n | median | min–max | skopeo / this (medians) |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s['n']} | {s['median']:.3f} s | {s['min']:.3f}–{s['max']:.3f} s | "
+              f"{p['skopeo copy']['median'] / s['median']:.2f} |" for name, s in p.items()]
     lines += ["", f"**Ratio skopeo / mm image pull (medians): {ratio:.2f}** (target ≥ 1.0 in our favour); "
               f"skopeo / the same pull in a fresh python without the CLI framework: {ratio_bare:.2f}; "
               f"skopeo / in-process pull: {ratio_inproc:.2f}.", "",
@@ -223,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh-resolves", type=int, default=10)
     ap.add_argument("--notes", default="", help="a paragraph for the results file")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--before", type=Path, help="a directory holding another tree's vmm/ to pull with as well")
     args = ap.parse_args(argv)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     loads = {"start": os.getloadavg()}
@@ -233,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         reg = Registry(work / "registry")
         try:
             reg.push(layout, NAME, TAG)
-            pulls = pull_rounds(reg, work, args.rounds)
+            pulls = pull_rounds(reg, work, args.rounds, args.before)
             loads["after_pulls"] = os.getloadavg()
             builds, sizes = build_rounds(reg, work, args.build_rounds)
             resolves = resolve_figures(reg, work, args.resolve_calls, args.fresh_resolves)
