@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import struct
@@ -81,7 +82,14 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def pull_rounds(reg: Registry, work: Path, rounds: int, before: Path | None = None) -> dict[str, list[float]]:
+def cpu_seconds() -> float:
+    """User + system CPU of this process (all threads) and of its waited-for children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def pull_rounds(reg: Registry, work: Path, rounds: int, before: Path | None = None) -> tuple[dict, dict]:
+    """Wall seconds and CPU seconds (the contender's process, or this one's threads) per contender."""
     ref = f"{reg.host}/{NAME}:{TAG}"
     env = {**os.environ, "MM_CACHE": str(work / "mm-cache")}
 
@@ -110,6 +118,7 @@ def pull_rounds(reg: Registry, work: Path, rounds: int, before: Path | None = No
     if before:
         contenders[f"mm image pull, tree {before.name} (before)"] = mm_before
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu_times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for rnd in range(-1, rounds):  # round -1 is a warm-up (page cache, registry), not recorded
         order = names[rnd % len(names):] + names[:rnd % len(names)]
@@ -117,12 +126,14 @@ def pull_rounds(reg: Registry, work: Path, rounds: int, before: Path | None = No
             shutil.rmtree(work / "mm-cache", ignore_errors=True)
             shutil.rmtree(work / "oci", ignore_errors=True)
             subprocess.run(["sync"], check=True)  # the previous contender's writeback is not ours to pay
+            cpu = cpu_seconds()
             elapsed = timed(contenders[name])
             if rnd >= 0:
                 times[name].append(elapsed)
+                cpu_times[name].append(cpu_seconds() - cpu)
         done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names) if rnd >= 0 else "warm-up"
         print(f"round {rnd}: {done}", file=sys.stderr)
-    return times
+    return times, cpu_times
 
 
 def layer_sizes(store, img) -> tuple[int, int]:
@@ -176,8 +187,10 @@ def fmt_s(s: dict) -> str:
     return f"{s['median']:.3f} s ({s['min']:.3f}–{s['max']:.3f})"
 
 
-def report(meta: dict, pulls: dict, builds: dict, sizes: tuple[int, int], resolves: dict) -> tuple[dict, str]:
+def report(meta: dict, pulls: dict, pull_cpu: dict, builds: dict, sizes: tuple[int, int],
+           resolves: dict) -> tuple[dict, str]:
     summary = {"pull_s": {k: stats(v) for k, v in pulls.items()},
+               "pull_cpu_s": {k: stats(v) for k, v in pull_cpu.items()},
                "rootfs_build_s": {k: stats(v) for k, v in builds.items()},
                "resolve_ms": {k: stats(v) for k, v in resolves.items()}}
     p = summary["pull_s"]
@@ -200,9 +213,11 @@ def report(meta: dict, pulls: dict, builds: dict, sizes: tuple[int, int], resolv
              f"Image: {len(meta['layers'])} gzip layers, {packed / 1e6:.1f} MB compressed, {unpacked / 1e6:.1f} MB "
              f"uncompressed; docker-registry on 127.0.0.1, page cache warm (one unrecorded warm-up round).", "",
              "## Pull (contenders alternating, order rotated every round; empty destination each time)", "",
-             "| contender | n | median | min–max | skopeo / this (medians) |", "| --- | --- | --- | --- | --- |"]
+             "| contender | n | median | min–max | skopeo / this (medians) | CPU median (user+sys) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    cpu = summary["pull_cpu_s"]
     lines += [f"| {name} | {s['n']} | {s['median']:.3f} s | {s['min']:.3f}–{s['max']:.3f} s | "
-              f"{p['skopeo copy']['median'] / s['median']:.2f} |" for name, s in p.items()]
+              f"{p['skopeo copy']['median'] / s['median']:.2f} | {cpu[name]['median']:.3f} s |" for name, s in p.items()]
     lines += ["", f"**Ratio skopeo / mm image pull (medians): {ratio:.2f}** (target ≥ 1.0 in our favour); "
               f"skopeo / the same pull in a fresh python without the CLI framework: {ratio_bare:.2f}; "
               f"skopeo / in-process pull: {ratio_inproc:.2f}.", "",
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         reg = Registry(work / "registry")
         try:
             reg.push(layout, NAME, TAG)
-            pulls = pull_rounds(reg, work, args.rounds, args.before)
+            pulls, pull_cpu = pull_rounds(reg, work, args.rounds, args.before)
             loads["after_pulls"] = os.getloadavg()
             builds, sizes = build_rounds(reg, work, args.build_rounds)
             resolves = resolve_figures(reg, work, args.resolve_calls, args.fresh_resolves)
@@ -264,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([".venv/bin/python", "benchmarks/image/pull_compare.py", *(argv or sys.argv[1:])]),
             "commit": commit(), "loadavg": loads, "tools": tools(), "layers": manifest["layers"],
             "notes": args.notes}
-    summary, md = report(meta, pulls, builds, sizes, resolves)
+    summary, md = report(meta, pulls, pull_cpu, builds, sizes, resolves)
     stem = args.out / f"image-{when.replace(':', '')}"
     args.out.mkdir(parents=True, exist_ok=True)
-    raw = {"pull_s": pulls, "rootfs_build_s": builds, "resolve_ms": resolves}
+    raw = {"pull_s": pulls, "pull_cpu_s": pull_cpu, "rootfs_build_s": builds, "resolve_ms": resolves}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": raw}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(md)
     print(md)
