@@ -232,6 +232,20 @@ def wait_for_spare(names: proto.Names) -> int:
     return client.ping(names)["spare"]
 
 
+def test_a_dead_spare_is_replaced_by_a_fork_and_a_stopped_server_takes_its_spare_along(server_env, tmp_path):
+    env, _ = server_env
+    names, server = _start_server(env)
+    spare = wait_for_spare(names)
+    os.kill(spare, signal.SIGKILL)
+    _wait_reaped(spare)
+    pid, ready, facts, _ = _launch(names, env, tmp_path)
+    assert pid != spare and ready == {"ok": True, "pid": pid} and facts["ppid"] == server
+    spare = wait_for_spare(names)
+    assert client.stop_all() == [server]
+    _wait_gone(server)
+    _wait_reaped(spare)  # it saw its socket close: no process of the server's is left
+
+
 def test_a_changed_file_makes_the_server_refuse_and_exit_and_a_new_one_runs_new_code(server_env, tmp_path):
     env, lib = server_env
     names, server = _start_server(env)
