@@ -301,6 +301,9 @@ def test_cgroup_limits_are_applied(control):
         assert (cg.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
         assert (cg.dirs["memory"] / "memory.limit_in_bytes").read_text().strip() == str(200 * MiB)
     assert (cg.dirs["pids"] / "pids.max").read_text().strip() == "40"
+    # the VMM got in without the kernel's slow move (vmm.jail.cgroups, "Getting the VMM in")
+    how = "joined (v1 tasks)" if cg.version == 1 else "born in it (clone3)"
+    assert f"pids 40, cgroup {how}" in read(control.paths(rec).worker_log).decode()
     with open(f"/proc/{vmm}/limits") as f:
         limits = f.read()
     assert "Max open files            4096                 4096" in limits

@@ -71,6 +71,7 @@ class VmmContext:
         self.jail = jail
         self.limits = limits      # None without a jail
         self.joined = False
+        self.cgroup_how = ""  # how we got into the cgroup, for the "jailed in" line
         self.program: bytes | None = None  # the seccomp filter, compiled by the supervisor meanwhile
         self.netns = -1  # the new empty network namespace it made for us (an fd), entered at the jail
 
@@ -84,7 +85,9 @@ class VmmContext:
         the start-failure path calls it again, and a failed join is not retried."""
         if self.limits is not None and not self.joined:
             self.joined = True
-            join_cgroup(self._expect("cgroup")["tasks"])
+            message = self._expect("cgroup")
+            self.cgroup_how = str(message.get("how", ""))
+            join_cgroup(message["tasks"])
 
     def wait_for_program(self) -> bytes | None:
         """The seccomp filter, which the supervisor sends after "cgroup" (it reads it while
@@ -265,7 +268,9 @@ class Supervisor:
                 # makes the VM, joins the cgroup itself on v1 (join_cgroup says why),
                 # makes the VM while we send "seccomp", and jails itself with that program.
                 tasks = self._prepare(limits)
-                channel.send(sup, {"op": "cgroup", "tasks": tasks})
+                how = "born in it (clone3)" if self.born_inside else "joined (v1 tasks)" if tasks else \
+                    "attached (cgroup.procs)"
+                channel.send(sup, {"op": "cgroup", "tasks": tasks, "how": how})
                 program = base64.b64encode(seccomp.process_program_cached(str(self.state_dir / "seccomp"))).decode()
                 netns = libc.new_netns()  # for the VMM's jail (vmm.jail.enter, step 2)
                 try:

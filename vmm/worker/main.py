@@ -91,7 +91,8 @@ def _jail(ctx: VmmContext, vm, log) -> None:
     parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in steps.items() if k != "total")
     cpus = "none" if limits.cpus is None else f"{limits.cpus:g}"  # None: no CPU-time limit (vmm.jail.config)
     log(f"jailed in {steps['total'] * 1000:.1f} ms ({parts}): uid/gid {limits.uid}/{limits.gid}, cpus {cpus}, "
-        f"memory {'none' if limits.memory is None else f'{limits.memory >> 20} MiB'}, pids {limits.pids}")
+        f"memory {'none' if limits.memory is None else f'{limits.memory >> 20} MiB'}, pids {limits.pids}, "
+        f"cgroup {ctx.cgroup_how or '?'}")
 
 
 def run_vmm(ctx: VmmContext, spec: WorkerSpec) -> int:
