@@ -301,3 +301,28 @@ def test_nothing_listening_is_unreachable_not_unavailable(cache, sleeps):
             pull(parse(f"127.0.0.1:{port}/mm/retry:r"), cache, quiet=True)
     assert not isinstance(err.value, RegistryUnavailable) and "running" in err.value.hint
     assert sleeps == _backoff(ATTEMPTS - 1) and not cache.refs()
+
+
+def test_503_before_the_auth_challenge(auth_registry, tmp_path, cache, sleeps):
+    """A transient failure on the first try, then the 401: the challenge is still answered."""
+    import base64
+    import json
+
+    from tests.image.conftest import PASSWORD, USER
+    from tests.image.faultproxy import Fault, FaultProxy
+    from vmm.image import parse
+    from vmm.image.pull import pull
+
+    write_layout(tmp_path / "lay", [tar_bytes([("file", "f", "auth")])], tag="a")
+    auth_registry.push(tmp_path / "lay", "mm/flaky-private", "a", creds=f"{USER}:{PASSWORD}")
+    fp = FaultProxy(auth_registry.host, [Fault("/manifests/a", "503", 1)])
+    try:
+        docker = tmp_path / "docker"
+        docker.mkdir()
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (docker / "config.json").write_text(json.dumps({"auths": {fp.host: {"auth": token}}}))
+        assert pull(parse(f"{fp.host}/mm/flaky-private:a"), cache, quiet=True)
+        assert [e.action for e in fp.requests("/manifests/a")] == ["503", "forwarded", "forwarded"]  # 503, 401, 200
+        assert sleeps == _backoff(1)
+    finally:
+        fp.close()

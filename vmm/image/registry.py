@@ -57,28 +57,34 @@ class RegistryClient:
 
     # -- transport with auth and retries --------------------------------------------------
     def _send(self, method: str, url: str, headers: dict[str, str], stream: bool) -> http.Response:
-        for attempt in range(ATTEMPTS):
+        """One request with up to ATTEMPTS tries against transient failures (backoff doubling
+        from BACKOFF); one 401 is answered with authentication on whichever try it comes, and
+        that round does not use up a try."""
+        failures, challenged = 0, False
+        while True:
             hdrs = dict(headers)
             if self._auth_header:
                 hdrs["Authorization"] = self._auth_header
             try:
                 resp = self.http.request(method, url, headers=hdrs, stream=stream)
             except http.TransportError as exc:
-                if attempt == ATTEMPTS - 1:
+                if failures == ATTEMPTS - 1:
                     raise self._unreachable(exc) from None
-                time.sleep(BACKOFF * 2 ** attempt)
+                time.sleep(BACKOFF * 2 ** failures)
+                failures += 1
                 continue
-            if resp.status_code == 401 and attempt == 0:
+            if resp.status_code == 401 and not challenged:
+                challenged = True
                 challenge = resp.headers.get("www-authenticate", "")
                 resp.close()
                 self._authenticate(challenge)
                 continue
-            if resp.status_code in RETRY_STATUS and attempt < ATTEMPTS - 1:
+            if resp.status_code in RETRY_STATUS and failures < ATTEMPTS - 1:
                 resp.close()
-                time.sleep(BACKOFF * 2 ** attempt)
+                time.sleep(BACKOFF * 2 ** failures)
+                failures += 1
                 continue
             return resp
-        raise AuthError(f"{self.ref.api_host} refused our credentials for {self.ref.repository}")
 
     def _unreachable(self, exc: http.TransportError) -> RegistryError:
         if isinstance(exc, http.ConnectError):
