@@ -421,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if "vmm.jail.cell" in sys.modules:  # once here, not in every jailed worker (vmm.jail.cell._memo)
         sys.modules["vmm.jail.cell"].code_roots()
+    warm = getattr(sys.modules.get(entry.partition(":")[0]), "prewarm", None)
+    if callable(warm):  # the entry's own once-per-server work (vmm.worker.main.prewarm)
+        try:
+            warm()
+        except Exception as exc:
+            log(f"prewarm failed (the worker does it itself): {type(exc).__name__}: {exc}")
     imported = Imported()
     gc.freeze()  # the children share these pages: no collection should touch (and copy) them
     listener = bind(names.sock)
