@@ -2,7 +2,8 @@
 
 Each `Fault` names a path fragment (a digest, `/manifests/`), what to do and how many
 times: answer a status (503, 429, ...), reset the connection before answering
-(`reset`), or send the status line, the headers and half the body, then close (`cut`).
+(`reset`), or send the status line, the headers and half the body, then close (`cut`);
+a status answer may carry extra headers (Retry-After).
 Requests no fault claims are forwarded unchanged (Range included). Every request is
 logged, so a test can see how many attempts a pull made and what they asked for.
 """
@@ -23,6 +24,7 @@ class Fault:
     match: str           # a substring of the request path
     action: str          # "reset", "cut", or an HTTP status code as text ("503")
     times: int = 1       # how many matching requests fail; -1: every one
+    headers: dict[str, str] | None = None  # extra headers of a status answer (Retry-After)
 
     def claims(self, path: str) -> bool:
         return self.match in path and self.times != 0
@@ -80,22 +82,25 @@ class FaultProxy:
         return [entry for entry in self.log if fragment in entry.path]
 
     # -- per request -------------------------------------------------------------------
-    def _claim(self, path: str) -> str:
+    def _claim(self, path: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
                 if fault.claims(path):
                     fault.times -= 1 if fault.times > 0 else 0
-                    return fault.action
-        return "forwarded"
+                    return fault
+        return None
 
     def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
-        action = self._claim(req.path)
+        fault = self._claim(req.path)
+        action = fault.action if fault else "forwarded"
         self.log.append(Logged(req.command, req.path, req.headers.get("Range"), action))
         if action == "reset":
             _reset(req)
         elif action.isdigit():
             body = f'{{"errors":[{{"code":"UNAVAILABLE","message":"fault proxy {action}"}}]}}'.encode()
             req.send_response(int(action))
+            for key, value in (fault.headers or {}).items():
+                req.send_header(key, value)
             req.send_header("Content-Type", "application/json")
             req.send_header("Content-Length", str(len(body)))
             req.end_headers()

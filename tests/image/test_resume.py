@@ -326,3 +326,15 @@ def test_503_before_the_auth_challenge(auth_registry, tmp_path, cache, sleeps):
         assert sleeps == _backoff(1)
     finally:
         fp.close()
+
+
+def test_retry_after_is_honoured_and_capped(proxy, retry_image, cache, sleeps):
+    from tests.image.faultproxy import Fault
+    from vmm.image.registry import BACKOFF, MAX_RETRY_AFTER
+
+    proxy.faults = [Fault("/manifests/r", "429", 1, {"Retry-After": "3"}),
+                    Fault("/manifests/r", "503", 1, {"Retry-After": "86400"}),  # capped
+                    Fault("/manifests/r", "503", 1, {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})]
+    _pull_through(proxy, cache)
+    assert [e.action for e in proxy.requests("/manifests/r")] == ["429", "503", "503", "forwarded"]
+    assert sleeps == [3.0, MAX_RETRY_AFTER, BACKOFF * 4]  # a date is not used: plain backoff

@@ -24,6 +24,16 @@ from vmm.image.store import CHUNK, Store, sha256_hex
 ATTEMPTS = 4
 BACKOFF = 0.25
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 10.0  # a server asking for longer is not having a transient problem: we give up sooner
+
+
+def _delay(failures: int, retry_after: str | None) -> float:
+    """The backoff before the next try: doubling from BACKOFF, or the server's Retry-After
+    (in seconds; the HTTP-date form is not used by registries) when longer, capped."""
+    delay = BACKOFF * 2 ** failures
+    if retry_after and retry_after.strip().isdigit():
+        delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER))
+    return delay
 
 
 def is_insecure(host: str) -> bool:
@@ -81,7 +91,7 @@ class RegistryClient:
                 continue
             if resp.status_code in RETRY_STATUS and failures < ATTEMPTS - 1:
                 resp.close()
-                time.sleep(BACKOFF * 2 ** failures)
+                time.sleep(_delay(failures, resp.headers.get("retry-after")))
                 failures += 1
                 continue
             return resp
