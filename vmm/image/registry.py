@@ -6,6 +6,9 @@ everything else is HTTPS with certificate checks. A 401 is answered by the chall
 in WWW-Authenticate: `Bearer` fetches a token from the realm (with our credentials
 when we have some), `Basic` resends with them. Blob downloads resume from the
 partial file with a Range request after a dropped connection or a killed process.
+Transient failures (RETRY_STATUS answers, broken connections) are tried ATTEMPTS times
+with doubling backoff (or the server's Retry-After, capped); what still fails raises
+RegistryUnavailable (or RegistryError "cannot reach" when nothing answers at all).
 """
 from __future__ import annotations
 
