@@ -64,13 +64,14 @@ class VmmContext:
     """What the VMM process is given: its channel, and what its jail is to be."""
 
     def __init__(self, sock: socket.socket, host_pid: int, paths: MachinePaths, state_dir: Path,
-                 jail: JailSpec, limits: Limits | None) -> None:
+                 jail: JailSpec, limits: Limits | None, born_inside: bool = False) -> None:
         self.sock = sock
         self.host_pid = host_pid  # the supervisor's pid: the worker's pid as the store and API know it
         self.paths, self.state_dir = paths, state_dir
         self.jail = jail
         self.limits = limits      # None without a jail
         self.joined = False
+        self.born_inside = born_inside  # forked into the cgroup: nothing to wait for before guest RAM
         self.cgroup_how = ""  # how we got into the cgroup, for the "jailed in" line
         self.program: bytes | None = None  # the seccomp filter, compiled by the supervisor meanwhile
         self.netns = -1  # the new empty network namespace it made for us (an fd), entered at the jail
@@ -79,11 +80,13 @@ class VmmContext:
     def cell_mountpoint(self) -> str:
         return str(self.state_dir / "cell")
 
-    def wait_for_cgroup(self) -> None:
+    def wait_for_cgroup(self, now: bool = False) -> None:
         """Block until the supervisor has made the machine's cgroup, and be in it (jailed
-        only): call before allocating guest memory, so it is charged there. Idempotent:
-        the start-failure path calls it again, and a failed join is not retried."""
-        if self.limits is not None and not self.joined:
+        only): call before allocating guest memory, so it is charged there. A VMM born in
+        it (v2) is there already: its "cgroup" message is read later, `now` (before the
+        program's). Idempotent: the start-failure path calls it again, and a failed join
+        is not retried."""
+        if self.limits is not None and not self.joined and (now or not self.born_inside):
             self.joined = True
             message = self._expect("cgroup")
             self.cgroup_how = str(message.get("how", ""))
@@ -94,7 +97,7 @@ class VmmContext:
         we make the VM) with the network namespace it made for us (`netns`). Call before
         the first store request (the message would be taken for its reply); the
         start-failure path calls it too. None without a jail."""
-        self.wait_for_cgroup()
+        self.wait_for_cgroup(now=True)
         if self.limits is not None and self.program is None:
             self.program = b""  # asked once: a failure here is not waited out again
             message, fds = self._expect("seccomp", fds=1)
@@ -183,7 +186,8 @@ class Supervisor:
             return 1
         if self.child == 0:
             sup.close()
-            self._vmm(VmmContext(vmm, self.pid, self.paths, self.state_dir, jail, limits), vmm_main)
+            self._vmm(VmmContext(vmm, self.pid, self.paths, self.state_dir, jail, limits, self.born_inside),
+                      vmm_main)
         vmm.close()
         return self._supervise(sup, limits)
 
