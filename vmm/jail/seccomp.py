@@ -120,6 +120,16 @@ def process_program() -> bytes:
     return to_bpf(build(policy.process_rules(), _sc().NOTIFY))
 
 
+@functools.lru_cache(maxsize=None)
+def cache_key() -> str:
+    """The hash of the policy's rules that names the cached program: once per process,
+    and once per fork server (vmm.worker.main.prewarm), not in every supervisor."""
+    # _blake2 rather than hashlib: hashlib loads OpenSSL first (~3 ms); same function.
+    from _blake2 import blake2b
+
+    return blake2b(repr(policy.process_rules()).encode(), digest_size=16).hexdigest()
+
+
 def process_program_cached(directory: str) -> bytes:
     """process_program(), kept in `directory` (root's, outside every cell) between
     starts. Compiling takes ~3 ms on a quiet host and over 20 under load, plus
@@ -128,11 +138,7 @@ def process_program_cached(directory: str) -> bytes:
     compiled and written (atomically: a racing start writes the same). The directory
     and file must be ours and writable by nobody else (whoever could write them could
     loosen every VMM's filter): otherwise a JailError says so."""
-    # _blake2 rather than hashlib: hashlib loads OpenSSL first (~3 ms); same function.
-    from _blake2 import blake2b
-
-    key = blake2b(repr(policy.process_rules()).encode(), digest_size=16).hexdigest()
-    path = os.path.join(directory, f"process-{key}.bpf")
+    path = os.path.join(directory, f"process-{cache_key()}.bpf")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     _check_private(os.stat(directory), directory, directory)
     try:

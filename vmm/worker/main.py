@@ -34,9 +34,13 @@ LINGER_S = 0.5
 def prewarm() -> None:
     """What every worker would do first, done once in the fork server (vmm.worker.forkserver
     calls this after its preload), so a forked worker inherits it: ~0.3 ms of class
-    creation, in a freshly forked process mostly copy-on-write faults."""
+    creation in the VMM (in a freshly forked process mostly copy-on-write faults), and
+    the seccomp program's cache key in the supervisor."""
+    from vmm.jail import seccomp
+
     _service_class()
     _server_class()
+    seccomp.cache_key()
 
 
 def _memo(fn):
