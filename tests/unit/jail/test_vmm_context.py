@@ -1,6 +1,7 @@
 """What the VMM reads from its supervisor before its jail (vmm.jail.supervisor.VmmContext):
 the "cgroup" message (waited for before guest RAM unless the VMM was born in its cgroup),
-then the seccomp program with the network namespace it made, in that order."""
+then the seccomp program with the network namespace it made, in that order; and the
+supervisor's own start-up work at a lower priority than the VMM's."""
 from __future__ import annotations
 
 import base64
@@ -48,3 +49,13 @@ def test_a_vmm_outside_its_cgroup_waits_for_it_first(tmp_path):
     assert ctx.wait_for_program() == b"\0" * 8 and ctx.netns >= 0
     os.close(ctx.netns)
     os.close(w)
+
+
+def test_the_supervisors_store_work_gives_way_to_the_vmm_and_its_priority_comes_back():
+    from vmm.jail.supervisor import behind_the_vmm
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    with behind_the_vmm():
+        inside = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    assert inside == (min(before + 10, 19) if os.geteuid() == 0 else before)  # only where it can be undone
