@@ -1,6 +1,7 @@
 """Issue 6's image numbers, contenders alternating, written to benchmarks/results/image-<UTC>.md/.json.
 
     .venv/bin/python benchmarks/image/pull_compare.py --rounds 7
+    git archive REV vmm | tar -x -C /tmp/REV    # then --before /tmp/REV: that tree pulls too
 
 - pull: the ~100 MB image (benchmarks/image/bigimage.py) from a docker-registry on
   127.0.0.1, into an empty destination each time, as a user runs it: `mm image pull -q`
@@ -10,7 +11,9 @@
   framework cost. Every round runs each once, the order rotated per round, so a
   shared host's load drifts fall on all alike. Ratio = skopeo's median / ours (≥ 1.0: ours
   is faster). Both verify every blob's sha256; ours also fsyncs each blob before it
-  becomes visible (skopeo does not).
+  becomes visible (skopeo does not). CPU seconds (user+sys of the contender's process,
+  or of this one for the in-process pull; the registry's not counted) are steadier than
+  wall time on a loaded host.
 - rootfs build: vmm.image.rootfs.build of the pulled image (ext4 and erofs, alternating),
   per 100 MB of compressed layer bytes and of uncompressed tar bytes.
 - cached resolve: `resolve(ref, pull=False).rootfs_path` of the pulled and built image,
