@@ -315,7 +315,7 @@ def _spare(sock: socket.socket, target) -> None:
         keep = sock.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 20)
-        _rehearse()
+        _rehearse(target)
         request, fds = proto.recv(sock)
     except BaseException:
         os._exit(1)
@@ -324,9 +324,10 @@ def _spare(sock: socket.socket, target) -> None:
     _worker(target, request, fds[0], fds[1])  # never returns
 
 
-def _rehearse() -> None:
-    """The worker's set-up (`_worker`) done once with our own values while the spare waits:
-    the pages it touches (the environment, the import system's finders, the JSON codec)
+def _rehearse(target) -> None:
+    """The worker's set-up (`_worker`) done once with our own values while the spare waits,
+    and the entry module's own `rehearse()` (vmm.worker.main.rehearse) if it has one: the
+    pages they touch (the environment, the import system's finders, the JSON codec...)
     are copied on write now, not on the worker's way to its first KVM_RUN (~1 ms here)."""
     env = dict(os.environ)
     proto.json.loads(proto.json.dumps({"op": "launch", "env": env}))
@@ -334,6 +335,12 @@ def _rehearse() -> None:
     os.environ.update(env)
     os.umask(os.umask(0o077))
     importlib.invalidate_caches()
+    hook = getattr(sys.modules.get(getattr(target, "__module__", "") or ""), "rehearse", None)
+    if callable(hook):
+        try:
+            hook()
+        except Exception as exc:  # only a rehearsal: the worker meets the real thing itself
+            log(f"spare: rehearse() failed: {type(exc).__name__}: {exc}")
 
 
 def _worker(target, request: dict, ready_fd: int, log_fd: int) -> None:

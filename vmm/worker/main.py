@@ -43,6 +43,22 @@ def prewarm() -> None:
     seccomp.cache_key()
 
 
+def rehearse() -> None:
+    """The worker's first steps on a made-up spec, with no side effect: run by the fork
+    server's spare while it waits (vmm.worker.forkserver), so their copy-on-write faults
+    come before a request, not on the way to the VM's first KVM_RUN."""
+    import json
+
+    from vmm.jail.config import JailSpec
+    from vmm.worker.spec import SPEC_VERSION
+
+    data = {"machine_id": "0" * 32, "generation": 1, "state_dir": "/nonexistent", "factory": "none:none",
+            "machine": {}, "v": SPEC_VERSION}
+    spec = WorkerSpec(**json.loads(json.dumps(data)))
+    Supervisor(spec, -1)
+    JailSpec.from_dict(spec.jail).resolved(spec.machine, 1)
+
+
 def _memo(fn):
     """fn() once per process (and, through prewarm, once per fork server)."""
     cache: list = []
