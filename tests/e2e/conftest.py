@@ -48,6 +48,9 @@ class GuestHost:
         self.where = where  # "host" or "lab"
         self.workdir = workdir
         self._lab = lab
+        # Bumped when a dead or hung lab was replaced by a fresh one: what a fixture made
+        # inside the old one (machines, namespaces, tmpfs files) is gone.
+        self.generation = 0
 
     def __repr__(self) -> str:
         return f"GuestHost({self.where}, workdir={self.workdir})"
@@ -98,6 +101,7 @@ class GuestHost:
                       f"its serial log (kept as serial.log.1):\n{tail}", stacklevel=3)
         self._lab.down()
         self._lab.ensure_up()
+        self.generation += 1
 
 
 class HangWatch:

@@ -11,7 +11,9 @@ the shared lab; MM_E2E_NO_JAIL=1 runs it with `--no-jail`, as MMShell's runs.
 
 Every `mm` call in the lab costs a Python start-up there (seconds under load), so tests
 batch several checks into one `sh` script where that reads naturally. A test that stops
-the machine calls `stopped()`; the next user starts it again.
+the machine calls `stopped()`; the next user starts it again. So does the next test
+after the lab was replaced (GuestHost.generation): the machine died with the old lab.
+Tests take it through a function-scoped fixture calling `shared()`, which checks that.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class SharedMachine:
         self.shell = MMShell(guest_host, tag)  # state on the lab's tmpfs, own prefix and subnet
         self.state, self.env = self.shell.state, self.shell.env
         self.running = False
+        self.generation = guest_host.generation
 
     def mm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return self.gh.run([MM, *args], env=self.env, timeout=timeout)
@@ -40,8 +43,9 @@ class SharedMachine:
                            env={**self.env, "MM": MM, "VM": self.name}, timeout=timeout)
 
     def ensure_running(self) -> None:
-        if self.running:
+        if self.running and self.generation == self.gh.generation:
             return
+        self.generation = self.gh.generation
         r = self.mm("inspect", self.name)
         if r.returncode != 0:
             r = self.mm("run", "-d", *run_flags(), "--name", self.name, *self.run_args, IMAGE, *WORKLOAD)

@@ -37,6 +37,30 @@ IMAGE = "mm/default"
 GREETING = "Hello from micromachines"  # the default image's Cmd (vmm/image/default.py)
 
 
+_TAKEN: set[str] = set()  # subnets this test session handed out
+
+
+def free_subnet(guest_host) -> str:
+    """A /16 in 10.100-199 that no earlier shell of this session took and no route on the
+    guest host covers. A random pick among 100 collided: every shell's bridge (and so its
+    route) stays until its network is pruned, and a bridge left by a killed test makes the
+    next `mm run` refuse the overlapping subnet, as it should. 10.88/16, the default, is
+    outside the range (other engineers' machines in the shared lab)."""
+    import ipaddress
+
+    res = guest_host.run(["ip", "-4", "-o", "route", "show"], timeout=60)
+    routed = [ipaddress.ip_network(m, strict=False)
+              for m in re.findall(r"^(\d+\.\d+\.\d+\.\d+(?:/\d+)?)\s", res.stdout, re.M)]
+    candidates = [f"10.{n}.0.0/16" for n in range(100, 200)]
+    random.shuffle(candidates)
+    for subnet in candidates:
+        net = ipaddress.ip_network(subnet)
+        if subnet not in _TAKEN and not any(net.overlaps(r) for r in routed):
+            _TAKEN.add(subnet)
+            return subnet
+    raise AssertionError(f"no free 10.100-199.0.0/16 left on the guest host: {res.stdout[-2000:]}")
+
+
 def run_flags() -> list[str]:
     return ["--no-jail"] if os.environ.get("MM_E2E_NO_JAIL") == "1" else []
 
@@ -56,8 +80,7 @@ class MMShell:
         token = secrets.token_hex(3)
         self.state = f"/tmp/mm-e2e-{tag}-{token}"
         self.prefix = f"mt{token}-"
-        # 10.100-199.x: clear of the default 10.88/16 other engineers' machines use.
-        self.subnet = f"10.{random.randint(100, 199)}.0.0/16"
+        self.subnet = free_subnet(guest_host)
         self.outdir = Path(guest_host.workdir) / f"{tag}-{token}"
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.env = {"MM_STATE": self.state, "MM_NETNS_PREFIX": self.prefix, "MM_NETWORK_SUBNET": self.subnet}
@@ -80,6 +103,7 @@ class MMShell:
             raise AssertionError(f"{name} is not JSON: {text[-2000:]!r}") from None
 
     def close(self) -> None:
-        """Remove every machine of this shell, then its state directory."""
+        """Remove every machine of this shell, its bridge (network prune), then its state
+        directory."""
         self.sh('ids=$("$MM" ps -aq 2>/dev/null); [ -z "$ids" ] || "$MM" rm -f $ids >/dev/null 2>&1; '
-                'rm -rf "$MM_STATE"', timeout=600)
+                '"$MM" network prune >/dev/null 2>&1; rm -rf "$MM_STATE"', timeout=600)

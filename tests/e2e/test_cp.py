@@ -12,9 +12,15 @@ from tests.e2e import exec_machine
 
 
 @pytest.fixture(scope="session")
-def vm(guest_host):
-    yield exec_machine.shared(guest_host)
+def _release(guest_host):
+    yield
     exec_machine.release_all()
+
+
+@pytest.fixture
+def vm(guest_host, _release):
+    """The shared machine, (re)started if it is not running (in a fresh lab, say)."""
+    return exec_machine.shared(guest_host)
 
 
 @pytest.mark.timeout(1800)

@@ -22,9 +22,15 @@ PYTHON = str(paths.REPO_ROOT / ".venv" / "bin" / "python")
 
 
 @pytest.fixture(scope="session")
-def vm(guest_host):
-    yield exec_machine.shared(guest_host)
+def _release(guest_host):
+    yield
     exec_machine.release_all()
+
+
+@pytest.fixture
+def vm(guest_host, _release):
+    """The shared machine, (re)started if it is not running (in a fresh lab, say)."""
+    return exec_machine.shared(guest_host)
 
 
 def _values(text: str) -> dict[str, str]:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.mm_shell import free_subnet
 from vmm import paths
 
 # Four boots and a Python start-up per `mm` call in the lab: the module's set-up alone
@@ -102,7 +103,7 @@ class NetLab:
         token = secrets.token_hex(3)
         self.tag = f"mn{token}"
         self.state = f"/tmp/mm-e2e-net-{token}"          # the lab's own tmpfs: sockets bind there
-        self.subnet = ipaddress.ip_network(f"10.{random.randint(100, 199)}.0.0/16")
+        self.subnet = ipaddress.ip_network(free_subnet(guest_host))
         self.inner_subnet = ipaddress.ip_network(f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24")
         base = 4 * random.randint(0, 63)
         self.outside_host, self.outside_ip = f"198.51.100.{base + 1}", f"198.51.100.{base + 2}"

@@ -11,9 +11,14 @@ from tests.e2e import exec_machine
 
 
 @pytest.fixture(scope="session")
-def ssh_vm(guest_host):
-    yield exec_machine.shared(guest_host, "sshvm", run_args=("--ssh",))
+def _release(guest_host):
+    yield
     exec_machine.release_all()
+
+
+@pytest.fixture
+def ssh_vm(guest_host, _release):
+    return exec_machine.shared(guest_host, "sshvm", run_args=("--ssh",))
 
 
 def test_ssh_runs_a_command(ssh_vm):

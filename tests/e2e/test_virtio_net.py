@@ -32,14 +32,17 @@ read line
 """
 
 
+def netns_setup(name: str) -> str:
+    return (f"ip netns add {name} && ip -n {name} link set lo up && "
+            f"ip -n {name} tuntap add dev {TAP} mode tap vnet_hdr && "
+            f"ip -n {name} addr add {HOST_IP}/24 dev {TAP} && ip -n {name} link set {TAP} up")
+
+
 @pytest.fixture
 def netns(guest_host):
     """A network namespace on the guest host holding TAP with HOST_IP; removed afterwards."""
     name = f"mm-e2e-net-{os.getpid()}"
-    setup = (f"ip netns add {name} && ip -n {name} link set lo up && "
-             f"ip -n {name} tuntap add dev {TAP} mode tap vnet_hdr && "
-             f"ip -n {name} addr add {HOST_IP}/24 dev {TAP} && ip -n {name} link set {TAP} up")
-    res = guest_host.run(["sh", "-c", setup], timeout=60)
+    res = guest_host.run(["sh", "-c", netns_setup(name)], timeout=60)
     if res.returncode != 0:
         guest_host.run(["ip", "netns", "del", name], timeout=60)
         pytest.fail(f"cannot create the namespace and TAP: {res.stderr}")
@@ -47,12 +50,19 @@ def netns(guest_host):
     guest_host.run(["ip", "netns", "del", name], timeout=60)
 
 
+def in_netns(name: str) -> tuple[str, ...]:
+    """The command prefix running argv in the namespace, making it first when it is gone:
+    when the lab dies under the boot, the retry runs in a fresh lab without it."""
+    return ("sh", "-c", f'[ -e /run/netns/{name} ] || ({netns_setup(name)}) >&2 || exit 97; '
+                        f'exec ip netns exec {name} "$@"', "sh")
+
+
 def test_ping_and_tcp_both_ways_over_tap(guest_host, netns):
     kernel = guest_kernel()
     initrd = initramfs(guest_host.workdir, GUEST, tools={"mmsock": mmsock_binary()})
     res = boot(guest_host, kernel, initrd, "--tap", TAP, "--tcp-echo", f"{HOST_IP}:6000",
                "--tcp-client", f"{GUEST_IP}:5000:{STREAMS}:{SIZE}", "--ping", GUEST_IP,
-               prefix=("ip", "netns", "exec", netns))
+               prefix=in_netns(netns))
     out = res.stdout
     tail = out[-5000:]
     assert "MM-NET-UP" in out, tail
