@@ -178,6 +178,31 @@ def device_metrics(machine) -> dict:
     return out
 
 
+def post_mortem(machine) -> list[str]:
+    """What a guest that never finished was doing, from the VMM's side: each vCPU's RIP,
+    RFLAGS (IF) and run state, the UART's registers (a console stuck on a lost THRE
+    interrupt looks like a dead guest), each virtio transport's status, ISR and ring
+    positions with what is pending (a lost kick or interrupt). One line each, MM-HOST-STUCK."""
+    out = []
+
+    def line(what, fn):
+        try:
+            out.append(f"MM-HOST-STUCK {what} {fn()}")
+        except Exception as exc:  # a post-mortem reports what it can
+            out.append(f"MM-HOST-STUCK {what} unavailable: {type(exc).__name__}: {exc}")
+
+    line("pause", lambda: machine.pause() or "ok")
+    for t in machine.vcpus.threads if machine.vcpus is not None else ():
+        line(f"vcpu{t.index}", lambda t=t: (lambda r: f"rip={r.rip:#x} rflags={r.rflags:#x} "
+                                            f"mp_state={t.vcpu.get_mp_state()} state={t.state}")(t.vcpu.get_regs()))
+    line("serial", lambda: machine.serial.save())
+    for tr in machine.transports:
+        act = tr.device.active
+        line(type(tr.device).__name__,
+             lambda tr=tr, act=act: f"{tr.save()} pending={[q.pending() for q in act.queues] if act else None}")
+    return out
+
+
 def run_guest(args) -> int:
     from vmm.machine import Machine, MachineConfig
     from vmm.worker.loop import Loop
@@ -207,6 +232,8 @@ def run_guest(args) -> int:
         hooks.join(5)
         print(f"\nMM-HOST exit={end.reason if end else 'timeout'}"
               + (f" detail={end.detail}" if end is not None and end.detail else ""))
+        if end is None:
+            hooks.report.extend(post_mortem(m))
         hooks.stop_servers()
         for line in hooks.report:
             print(line)
