@@ -1,7 +1,7 @@
 """Resource limits for one VMM: a cgroup per machine, on cgroup v2 or v1 (detected).
 
-    cg = MachineCgroup.create(machine_id, cpus=None, memory=768 << 20, pids=66)
-    pid = cg.fork_into()      # v2: fork the VMM straight into it (None: not possible here)
+    cg = MachineCgroup.create(machine_id, cpus=None, memory=768 << 20, pids=66)  # before the fork
+    pid, why = cg.fork_into()  # v2: fork the VMM straight into it ((None, why): not possible here)
     tasks = cg.place(pid, born_inside=...)  # else put it in, before it allocates guest RAM
                        # (memory is charged to the cgroup of the thread that first touches it)
     cg.limits()        # read back from the cgroup files
@@ -9,11 +9,13 @@
     cg.remove()        # by the supervisor, once the VMM has been reaped
 
 Getting the VMM in, the cheapest way each version allows (`place`, `fork_into`):
+The supervisor makes the cgroup before it forks the VMM (~0.5 ms), so the VMM never
+waits for it, then:
 - v1: the VMM moves its own single thread by writing "0" to each hierarchy's `tasks`
   (vmm.jail.supervisor.join_cgroup), the one move that skips the kernel's threadgroup
   lock and its RCU grace periods (5-15 ms each on this host);
-- v2 has no such move (cgroup.threads cannot cross domains): the cgroup is made before
-  the fork and the VMM is born in it (clone3 with CLONE_INTO_CGROUP, Linux >= 5.7).
+- v2 has no such move (cgroup.threads cannot cross domains): the VMM is born in it
+  (clone3 with CLONE_INTO_CGROUP, Linux >= 5.7).
   Where the kernel refuses that, the supervisor forks as usual and attaches the VMM
   through cgroup.procs (the slow move, but a correct one), and worker.log says so.
 

@@ -2,7 +2,9 @@
 
 A worker is two processes. The supervisor is what `launch` starts and what the store
 records as the worker (pid + start time): it creates the machine's cgroup, makes a new
-PID namespace and forks the VMM into it, then does only what the jailed VMM cannot:
+PID namespace and forks the VMM into it (into the cgroup too, on v2), makes the VMM's
+empty network namespace while the VMM builds its VM, then does only what the jailed
+VMM cannot:
 
 - writes the VMM's state changes to the store (they arrive over vmm.jail.channel,
   checked as hostile input) and forwards its readiness to the launcher;
@@ -34,9 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-# Only what comes before the fork is imported here; the rest (the store, cgroups, the
-# seccomp compiler) is imported after it, in parallel with the VMM's own imports and
-# off the path to its first KVM_RUN. After the fork this process is the parent of a PID
+# Only what comes before the fork is imported here; the rest (the store, the seccomp
+# compiler) is imported after it, in parallel with the VMM's own imports and off the
+# path to its first KVM_RUN (the cgroup code, needed before the fork, is preloaded by the
+# fork server). After the fork this process is the parent of a PID
 # namespace whose init is the VMM, and once that has died nothing here can fork, so no
 # import after the fork may run a subprocess: vmm.jail.seccomp loads pyseccomp (to
 # compile the filter on a cache miss, or to name a denied call) by soname, without the
@@ -64,15 +67,17 @@ class VmmContext:
     """What the VMM process is given: its channel, and what its jail is to be."""
 
     def __init__(self, sock: socket.socket, host_pid: int, paths: MachinePaths, state_dir: Path,
-                 jail: JailSpec, limits: Limits | None, born_inside: bool = False) -> None:
+                 jail: JailSpec, limits: Limits | None, cgroup: tuple[list[str], str, bool] = ([], "", False)) -> None:
         self.sock = sock
         self.host_pid = host_pid  # the supervisor's pid: the worker's pid as the store and API know it
         self.paths, self.state_dir = paths, state_dir
         self.jail = jail
         self.limits = limits      # None without a jail
         self.joined = False
-        self.born_inside = born_inside  # forked into the cgroup: nothing to wait for before guest RAM
-        self.cgroup_how = ""  # how we got into the cgroup, for the "jailed in" line
+        # Our cgroup, made before the fork (Supervisor.placement): the `tasks` files we
+        # join ourselves (v1), how we got in (for the "jailed in" line), and whether to
+        # wait for the supervisor's "cgroup" message first (v2 when we were not born in it).
+        self.cgroup_tasks, self.cgroup_how, self.cgroup_wait = cgroup
         self.program: bytes | None = None  # the seccomp filter, compiled by the supervisor meanwhile
         self.netns = -1  # the new empty network namespace it made for us (an fd), entered at the jail
 
@@ -80,24 +85,23 @@ class VmmContext:
     def cell_mountpoint(self) -> str:
         return str(self.state_dir / "cell")
 
-    def wait_for_cgroup(self, now: bool = False) -> None:
-        """Block until the supervisor has made the machine's cgroup, and be in it (jailed
-        only): call before allocating guest memory, so it is charged there. A VMM born in
-        it (v2) is there already: its "cgroup" message is read later, `now` (before the
-        program's). Idempotent: the start-failure path calls it again, and a failed join
-        is not retried."""
-        if self.limits is not None and not self.joined and (now or not self.born_inside):
+    def wait_for_cgroup(self) -> None:
+        """Be in the machine's cgroup (jailed only): call before allocating guest memory,
+        so it is charged there. Born in it (v2), we are; on v1 we join it now; else we wait
+        until the supervisor has attached us. Idempotent: the start-failure path calls it
+        again, and a failed join is not retried."""
+        if self.limits is not None and not self.joined:
             self.joined = True
-            message = self._expect("cgroup")
-            self.cgroup_how = str(message.get("how", ""))
-            join_cgroup(message["tasks"])
+            if self.cgroup_wait:
+                self._expect("cgroup")
+            join_cgroup(self.cgroup_tasks)
 
     def wait_for_program(self) -> bytes | None:
-        """The seccomp filter, which the supervisor sends after "cgroup" (it reads it while
-        we make the VM) with the network namespace it made for us (`netns`). Call before
-        the first store request (the message would be taken for its reply); the
-        start-failure path calls it too. None without a jail."""
-        self.wait_for_cgroup(now=True)
+        """The seccomp filter, which the supervisor sends (it reads it while we make the VM)
+        with the network namespace it made for us (`netns`). Call before the first store
+        request (the message would be taken for its reply); the start-failure path calls
+        it too. None without a jail."""
+        self.wait_for_cgroup()
         if self.limits is not None and self.program is None:
             self.program = b""  # asked once: a failure here is not waited out again
             message, fds = self._expect("seccomp", fds=1)
@@ -170,12 +174,13 @@ class Supervisor:
             jail = JailSpec.from_dict(getattr(self.spec, "jail", None))
             limits = jail.resolved(self.spec.machine, self.pid) if jail.enabled else None
             if limits is not None:
+                self._prepare(limits)
                 libc.unshare(libc.CLONE_NEWPID)  # our next child is pid 1 of a new PID namespace
             sup, vmm = channel.pair()
             # Everything imported so far goes to the GC's permanent generation: no later
             # collection in either process walks (and so copies on write) those pages.
             gc.freeze()
-            self.child = self._fork(limits)
+            self.child = self._fork()
         except BaseException as exc:
             if self.cgroup is not None:  # made before a fork that failed
                 with contextlib.suppress(Exception):
@@ -186,44 +191,43 @@ class Supervisor:
             return 1
         if self.child == 0:
             sup.close()
-            self._vmm(VmmContext(vmm, self.pid, self.paths, self.state_dir, jail, limits, self.born_inside),
+            self._vmm(VmmContext(vmm, self.pid, self.paths, self.state_dir, jail, limits, self.placement()),
                       vmm_main)
         vmm.close()
         return self._supervise(sup, limits)
 
-    def _fork(self, limits: Limits | None) -> int:
-        """Fork the VMM; on a cgroup v2 host jailed, into its cgroup (made first: it then
-        needs no move, vmm.jail.cgroups says why). Elsewhere the cgroup is made after the
-        fork, while the VMM imports, and it joins it itself (v1) or is attached (v2)."""
-        self.born_inside = False
-        if limits is not None:
-            from vmm.jail import cgroups
-
-            if cgroups.unified_root():
-                self.cgroup = cgroups.MachineCgroup.create(self.spec.machine_id, limits.cpus, limits.memory,
-                                                           limits.pids)
-                pid, why = self.cgroup.fork_into()
-                if pid is not None:
-                    self.born_inside = True
-                    return pid
-                if self.cgroup.version == 2:
-                    log(f"the VMM is attached to its cgroup after the fork: {why}")
-        return os.fork()
-
-    def _prepare(self, limits: Limits) -> list[str]:
-        """The VMM's cgroup (unless made before the fork) with the VMM in it, and its
-        machine directory, made while it imports; the `tasks` files it joins itself (v1).
-        It waits for "cgroup" before it allocates guest memory or jails itself."""
+    def _prepare(self, limits: Limits) -> None:
+        """Before the fork: the VMM's cgroup with its limits, its machine directory and the
+        cell's mount point (~0.5 ms), so the VMM never waits for them: it joins the cgroup
+        itself (v1) or is born in it (v2); vmm.jail.cgroups says why either is cheap."""
         from vmm.jail.cell import prepare_machine_dir
+        from vmm.jail.cgroups import MachineCgroup
 
-        if self.cgroup is None:
-            from vmm.jail.cgroups import MachineCgroup
-
-            self.cgroup = MachineCgroup.create(self.spec.machine_id, limits.cpus, limits.memory, limits.pids)
-        tasks = self.cgroup.place(self.child, self.born_inside)
+        self.cgroup = MachineCgroup.create(self.spec.machine_id, limits.cpus, limits.memory, limits.pids)
         prepare_machine_dir(self.paths.root, limits.gid)
         (self.state_dir / "cell").mkdir(mode=0o700, exist_ok=True)
-        return tasks
+
+    def _fork(self) -> int:
+        """Fork the VMM: on cgroup v2 into its cgroup (clone3), where the kernel allows."""
+        self.born_inside = False
+        if self.cgroup is not None and self.cgroup.version == 2:
+            pid, why = self.cgroup.fork_into()
+            if pid is not None:
+                self.born_inside = True
+                return pid
+            log(f"the VMM is attached to its cgroup after the fork: {why}")
+        return os.fork()
+
+    def placement(self) -> tuple[list[str], str, bool]:
+        """For the VMM (VmmContext): the `tasks` files it joins, how it gets in, whether it
+        waits for us to attach it (MachineCgroup.place decides; nothing moves here)."""
+        if self.cgroup is None:
+            return [], "", False
+        if self.cgroup.version == 1:
+            return self.cgroup.place(0), "joined (v1 tasks)", False
+        if self.born_inside:
+            return [], "born in it (clone3)", False
+        return [], "attached (cgroup.procs)", True
 
     def _vmm(self, ctx: VmmContext, vmm_main: Callable[[VmmContext], int]) -> None:
         """In the forked child: shed the supervisor's fds, run the VMM."""
@@ -289,15 +293,14 @@ class Supervisor:
             if limits is not None:
                 from vmm.jail import seccomp
 
-                # The cgroup is made (unless before the fork) and the VMM put in, then the
-                # seccomp filter compiled (or read from the state directory's cache). The
-                # VMM waits for "cgroup" before it makes the VM (unless born in it), joins
-                # the cgroup itself on v1 (join_cgroup says why), makes the VM while we
-                # send "seccomp", and jails itself with that program.
-                tasks = self._prepare(limits)
-                how = "born in it (clone3)" if self.born_inside else "joined (v1 tasks)" if tasks else \
-                    "attached (cgroup.procs)"
-                channel.send(sup, {"op": "cgroup", "tasks": tasks, "how": how})
+                # The cgroup was made before the fork; a v2 VMM the kernel would not fork
+                # into it is attached now (it waits for "cgroup" before guest RAM). Then
+                # the seccomp filter (compiled, or read from the state directory's cache)
+                # and the network namespace: the VMM makes its VM meanwhile and jails
+                # itself with them.
+                if self.placement()[2]:
+                    self.cgroup.place(self.child)
+                    channel.send(sup, {"op": "cgroup"})
                 program = base64.b64encode(seccomp.process_program_cached(str(self.state_dir / "seccomp"))).decode()
                 netns = libc.new_netns()  # for the VMM's jail (vmm.jail.enter, step 2)
                 try:
