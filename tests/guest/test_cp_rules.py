@@ -203,6 +203,18 @@ def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
     return info, data
 
 
+def _dir(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info, b""
+
+
+def _hardlink(name: str, target: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.LNKTYPE, target
+    return info, b""
+
+
 def _link(name: str, target: str) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type, info.linkname = tarfile.SYMTYPE, target
@@ -213,8 +225,10 @@ def _link(name: str, target: str) -> tuple[tarfile.TarInfo, bytes]:
     ([_file("other.txt")], "starts with 'other.txt'"),            # not the name asked for
     ([_file("wanted"), _file("wanted/../../escape")], "unsafe path"),
     ([_file("wanted"), _file("/etc/evil")], "unsafe path"),
-    ([_link("wanted", "/etc")], "unsafe path"),
-    ([_link("wanted", "../../x")], "unsafe path"),
+    ([_dir("wanted"), _link("wanted/l", "/tmp"), _file("wanted/l/escape")], "through a symbolic link"),
+    ([_dir("wanted"), _link("wanted/l", "../.."), _file("wanted/l/escape")], "through a symbolic link"),
+    ([_dir("wanted"), _link("wanted/l", "../.."), _hardlink("wanted/h", "wanted/l/escape")], "through a symbolic link"),
+    ([_file("wanted"), _hardlink("wanted/h", "../escape")], "unsafe path"),
     ([_file("wanted"), _file("elsewhere/f")], "outside 'wanted'"),
 ])
 def test_hostile_archives_write_nothing(tmp_path, members, message):
@@ -224,3 +238,20 @@ def test_hostile_archives_write_nothing(tmp_path, members, message):
         copy_out(_FakeAgent(members), "/srv/wanted", str(out))
     assert not (tmp_path / "escape").exists() and not (out / "elsewhere").exists()
     assert not (out / "other.txt").exists()
+
+
+@pytest.mark.parametrize("target", ["/etc", "../usr/lib/os-release"])
+def test_a_symbolic_link_is_copied_as_a_link_whatever_it_points_to(tmp_path, target):
+    # as docker cp: Debian's /etc/os-release is "../usr/lib/os-release"
+    copy_out(_FakeAgent([_link("wanted", target)]), "/srv/wanted", str(tmp_path / "got"))
+    assert os.readlink(tmp_path / "got") == target
+
+
+def test_a_link_already_at_the_destination_is_replaced_not_written_through(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "out").mkdir()
+    os.symlink(victim, tmp_path / "out" / "wanted")
+    copy_out(_FakeAgent([_file("wanted", b"new")]), "/srv/wanted", str(tmp_path / "out"))
+    assert victim.read_text() == "keep"
+    assert (tmp_path / "out" / "wanted").read_bytes() == b"new" and not (tmp_path / "out" / "wanted").is_symlink()

@@ -275,7 +275,7 @@ class AgentClient:
                 with tarfile.open(fileobj=stream, mode="r|") as tar:
                     for member in tar:
                         check_member(member, src)
-                        tar.extract(member, os.fspath(dest_dir), set_attrs=not member.issym())
+                        extract_member(tar, member, os.fspath(dest_dir), src)
             except tarfile.TarError as e:
                 raise AgentError(f"copy out of {src}: bad archive from the guest: {e}") from e
 
@@ -312,18 +312,42 @@ def _feed(ex: Exec, stdin: bytes | BinaryIO) -> None:
 
 
 def check_member(member, src: str) -> None:
-    """A tarfile.TarInfo from the guest is untrusted: nothing may land outside the
-    destination, and only files, directories and links are accepted; the mode is
-    reduced to permission bits. (Python 3.11.2 has no extraction filters.)"""
+    """A tarfile.TarInfo from the guest is untrusted: no name may be absolute or climb
+    ('..'), nor may a hard link's source; only files, directories and links are accepted;
+    the mode is reduced to permission bits. A symbolic link's target is kept as it is, as
+    `docker cp` keeps it (Debian's /etc/os-release points to ../usr/lib/os-release):
+    extract_member() refuses to write through one. (Python 3.11.2 has no extraction
+    filters.)"""
     def unsafe(name: str) -> bool:
         return name.startswith("/") or ".." in Path(name).parts
 
-    if unsafe(member.name) or ((member.issym() or member.islnk()) and unsafe(member.linkname)):
+    if unsafe(member.name) or (member.islnk() and unsafe(member.linkname)):
         raise AgentError(f"copy out of {src}: the guest sent an unsafe path {member.name!r}",
                          hint="absolute paths and '..' are refused in archives from a guest")
     if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
         raise AgentError(f"copy out of {src}: refusing special file {member.name!r}")
     member.mode &= 0o777
+
+
+def extract_member(tar, member, root: str, src: str, numeric_owner: bool = False) -> None:
+    """tar.extract() of a member check_member() passed, never through a symbolic link:
+    the directory it lands in (and a hard link's source) must resolve inside `root`, so a
+    link the archive made earlier ("d" -> /etc, then "d/passwd") cannot carry a write, or
+    a hard link, out of the destination. A link already at the member's own path is
+    replaced, not written through."""
+    real_root = os.path.realpath(root)
+
+    def inside(name: str) -> bool:
+        parent = os.path.realpath(os.path.join(real_root, os.path.dirname(name)))
+        return parent == real_root or parent.startswith(real_root + os.sep)
+
+    if not inside(member.name) or (member.islnk() and not inside(member.linkname)):
+        raise AgentError(f"copy out of {src}: the guest's archive writes {member.name!r} through a symbolic link",
+                         hint="a link in the copy may point anywhere, but nothing is written through one")
+    target = os.path.join(real_root, member.name)
+    if not member.isdir() and os.path.islink(target):
+        os.unlink(target)
+    tar.extract(member, real_root, set_attrs=not member.issym(), numeric_owner=numeric_owner)
 
 
 def _expect_ok(reader: FrameReader, what: str) -> None:

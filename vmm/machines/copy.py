@@ -227,7 +227,7 @@ class _Extractor:
     def run(self, stream: BinaryIO) -> None:
         import tarfile
 
-        from vmm.guest.agent_client import check_member
+        from vmm.guest.agent_client import check_member, extract_member
 
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -242,7 +242,7 @@ class _Extractor:
                     if not self.archive:
                         member.uid, member.gid = os.getuid(), os.getgid()
                     self.size += member.size if member.isfile() else 0
-                    tar.extract(member, str(self.root), set_attrs=not member.issym(), numeric_owner=True)
+                    extract_member(tar, member, str(self.root), self.src, numeric_owner=True)
         except tarfile.TarError as exc:
             raise AgentError(f"copy out of {self.src}: bad archive from the guest: {exc}") from exc
 
