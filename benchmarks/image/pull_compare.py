@@ -166,6 +166,19 @@ def build_rounds(reg: Registry, work: Path, rounds: int) -> tuple[dict[str, list
     return times, layer_sizes(store, img)
 
 
+def cli_floor(work: Path, rounds: int) -> dict[str, list[float]]:
+    """Wall ms of commands that do next to no work, alternating: what start-up and the CLI
+    framework cost before any pulling (`mm image ls` goes through typer, `--version` not)."""
+    env = {**os.environ, "MM_CACHE": str(work / "floor-cache")}
+    cmds = {"mm image ls (typer)": [MM, "image", "ls"], "mm --version (no typer)": [MM, "--version"],
+            "python -S -c pass": [sys.executable, "-S", "-c", "pass"]}
+    out: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(rounds):
+        for name, cmd in cmds.items():
+            out[name].append(timed(lambda: subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)) * 1e3)
+    return out
+
+
 def resolve_figures(reg: Registry, work: Path, calls: int, fresh: int) -> dict[str, list[float]]:
     from vmm.image import Store, resolve
 
@@ -238,9 +251,33 @@ def report(meta: dict, pulls: dict, pull_cpu: dict, builds: dict, sizes: tuple[i
               f"| first call in a fresh interpreter (imports included) | {r['fresh_process_ms']['n']} | "
               f"{r['fresh_process_ms']['median']:.1f} ms | {r['fresh_process_ms']['min']:.1f}–"
               f"{r['fresh_process_ms']['max']:.1f} ms |", ""]
+    floor = summary["cli_floor_ms"] = {k: stats(v) for k, v in meta.pop("cli_floor").items()}
+    lines += ["## Start-up floor (wall, alternating)", "", "| command | n | median | min–max |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {f['n']} | {f['median']:.1f} ms | {f['min']:.1f}–{f['max']:.1f} ms |" for k, f in floor.items()]
+    cli, bare = p["mm image pull"], p[BARE]
+    lines += ["", f"`mm image pull` − the same pull without the CLI framework: {cli['median'] - bare['median']:.3f} s "
+              f"wall, {cpu['mm image pull']['median'] - cpu[BARE]['median']:.3f} s CPU (medians).", ""]
     if meta.get("notes"):
         lines += ["## Notes", "", meta["notes"], ""]
     return summary, "\n".join(lines)
+
+
+def _shown_args(args: list[str]) -> list[str]:
+    """The command line as recorded: the --notes text is in its own section, not repeated."""
+    shown, skip = [], False
+    for arg in args:
+        if skip:
+            shown.append('"<the notes below>"')
+            skip = False
+        elif arg == "--notes":
+            shown.append(arg)
+            skip = True
+        elif arg.startswith("--notes="):
+            shown.append('--notes="<the notes below>"')
+        else:
+            shown.append(arg)
+    return shown
 
 
 def tools() -> str:
@@ -256,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build-rounds", type=int, default=5)
     ap.add_argument("--resolve-calls", type=int, default=200)
     ap.add_argument("--fresh-resolves", type=int, default=10)
+    ap.add_argument("--floor-rounds", type=int, default=15)
     ap.add_argument("--notes", default="", help="a paragraph for the results file")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--before", type=Path, help="a directory holding another tree's vmm/ to pull with as well")
@@ -273,19 +311,22 @@ def main(argv: list[str] | None = None) -> int:
             loads["after_pulls"] = os.getloadavg()
             builds, sizes = build_rounds(reg, work, args.build_rounds)
             resolves = resolve_figures(reg, work, args.resolve_calls, args.fresh_resolves)
+            floor = cli_floor(work, args.floor_rounds)
         finally:
             reg.stop()
     loads["end"] = os.getloadavg()
     index = json.loads((layout / "index.json").read_text())["manifests"][0]
     manifest = json.loads((layout / "blobs/sha256" / index["digest"][7:]).read_text())
     meta = {"suite": "image", "when": when, "host": platform.node(), "cpus": os.cpu_count(),
-            "command": " ".join([".venv/bin/python", "benchmarks/image/pull_compare.py", *(argv or sys.argv[1:])]),
+            "command": " ".join([".venv/bin/python", "benchmarks/image/pull_compare.py",
+                                 *_shown_args(argv if argv is not None else sys.argv[1:])]),
             "commit": commit(), "loadavg": loads, "tools": tools(), "layers": manifest["layers"],
-            "notes": args.notes}
+            "notes": args.notes, "cli_floor": floor}
     summary, md = report(meta, pulls, pull_cpu, builds, sizes, resolves)
     stem = args.out / f"image-{when.replace(':', '')}"
     args.out.mkdir(parents=True, exist_ok=True)
-    raw = {"pull_s": pulls, "pull_cpu_s": pull_cpu, "rootfs_build_s": builds, "resolve_ms": resolves}
+    raw = {"pull_s": pulls, "pull_cpu_s": pull_cpu, "rootfs_build_s": builds, "resolve_ms": resolves,
+           "cli_floor_ms": floor}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": raw}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(md)
     print(md)
