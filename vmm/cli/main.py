@@ -47,6 +47,7 @@ FAST_PATHS: dict[str, str] = {"ps": "vmm.cli.ps:fast_ps", "boot": "vmm.cli.boot:
 FAST_PATHS.update({
     "run": "vmm.cli.run:fast", "inspect": "vmm.cli.ps:fast_inspect", "logs": "vmm.cli.logs:fast_logs",
     "console": "vmm.cli.logs:fast_console", "stats": "vmm.cli.stats:fast_stats", "system": "vmm.cli.prune:fast_system",
+    "image": "vmm.cli.image_actions:fast",
     **{c: f"vmm.cli.lifecycle:fast_{c}" for c in ("start", "stop", "restart", "kill", "rm", "wait", "pause", "unpause")},
 })
 
