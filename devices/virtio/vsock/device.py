@@ -131,8 +131,6 @@ class VsockDevice(VirtioDevice):
         if self.mux.fresh:
             self.mux.retry_fresh()
         notify |= self.mux.process_rx(act)
-        if self.mux.host_closed and self.mux.late_accept():
-            notify |= self.mux.process_rx(act)
         if tx and not notify and not self.mux.tx_data:
             if self._irq_owed is None:
                 self._irq_owed = time.monotonic() + TX_IRQ_DELAY

@@ -74,7 +74,6 @@ class Muxer:
         self.by_fd: dict[int, Connection] = {}
         self.clients: dict[int, bytes] = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
         self.fresh: list[int] = []  # clients accepted this turn before their line came (see retry_fresh)
-        self.host_closed = False  # a host peer closed its stream this turn (see late_accept)
         self.control: collections.deque[bytes] = collections.deque()  # packed headers for the guest
         self.rx_ready: dict[tuple[int, int], Connection] = {}
         self.rx_room = True
@@ -149,16 +148,6 @@ class Muxer:
                 self.fresh.append(fd)
             else:
                 self._connect_client(fd, port, rest)
-
-    def late_accept(self) -> bool:
-        """After a host peer closed a stream: a client that closes one often connects
-        again at once, while this turn is still at work on the close. Accepted now (one
-        accept4 that usually finds nothing otherwise), its REQUEST leaves with the close's
-        SHUTDOWN in one interrupt instead of after another poll round. True if control
-        packets wait for the guest."""
-        self.host_closed = False
-        self._accept()
-        return bool(self.control)
 
     def retry_fresh(self) -> None:
         """Look once more, late in the turn, at clients accepted in it before their line
@@ -557,7 +546,6 @@ class Muxer:
         then for our RST (one round trip and one interrupt less per closed stream)."""
         self.rx_ready.pop(c.key, None)
         c.host_eof = True
-        self.host_closed |= c.host_hup
         flags = SHUTDOWN_SEND | (SHUTDOWN_RCV if c.host_hup else 0)
         self.control.append(self._hdr(c, OP_SHUTDOWN, 0, flags))
 

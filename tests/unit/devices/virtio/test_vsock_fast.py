@@ -471,27 +471,3 @@ def test_a_line_that_comes_just_after_the_accept_is_taken_in_the_same_turn(tmp_p
     mux.close_streams()
     mux.listener.close()
     client.close()
-
-
-def test_a_client_that_reconnects_while_its_close_is_handled_is_accepted_in_that_turn(tmp_path):
-    """A host close (EOF after POLLHUP) makes the turn look at the listener once more:
-    the next client's REQUEST goes out with the close's SHUTDOWN."""
-    path = str(tmp_path / "v.sock")
-    r = Rig()
-    r.mux.listener.close()
-    r.mux.listener = open_listener(path)
-    r.mux.listener_fd = r.mux.listener.fileno()
-    for _ in range(4):
-        r.dqs[0].add([], [HDR_SIZE + 4096])
-    r.host.close()  # the stream's host peer hangs up ...
-    nxt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    nxt.connect(path)  # ... and connects again at once
-    nxt.sendall(b"CONNECT 900\n")
-    r.mux.on_ready(r.conn.fd, select.POLLIN | select.POLLHUP)
-    r.mux.process_rx(r.act)
-    assert r.mux.host_closed and r.mux.late_accept() and not r.mux.host_closed
-    r.mux.process_rx(r.act)
-    ops = [h.op for h, _ in r.rx_packets()]
-    assert ops == [OP_SHUTDOWN, OP_REQUEST]
-    nxt.close()
-    r.close()
