@@ -21,6 +21,8 @@ import json
 import secrets
 import subprocess
 
+import pytest
+
 from tests.e2e.mm_shell import IMAGE, MM, MMShell, run_flags
 
 WORKLOAD = ["sleep", "2147483647"]
@@ -81,3 +83,17 @@ def release_all() -> None:
     while _machines:
         _, vm = _machines.popitem()
         vm.remove()
+
+
+# Fixtures for the modules that share the machine: `from tests.e2e.exec_machine import
+# release_machines, vm  # noqa: F401` and take `vm` (or call shared() for another name).
+@pytest.fixture(scope="session")
+def release_machines(guest_host):
+    yield
+    release_all()
+
+
+@pytest.fixture
+def vm(guest_host, release_machines):
+    """The shared machine, (re)started if it is not running (in a fresh lab, say)."""
+    return shared(guest_host)

@@ -16,21 +16,10 @@ import re
 import pytest
 
 from tests.e2e import exec_machine
+from tests.e2e.exec_machine import release_machines, vm  # noqa: F401 (fixtures)
 from vmm import paths
 
 PYTHON = str(paths.REPO_ROOT / ".venv" / "bin" / "python")
-
-
-@pytest.fixture(scope="session")
-def _release(guest_host):
-    yield
-    exec_machine.release_all()
-
-
-@pytest.fixture
-def vm(guest_host, _release):
-    """The shared machine, (re)started if it is not running (in a fresh lab, say)."""
-    return exec_machine.shared(guest_host)
 
 
 def _values(text: str) -> dict[str, str]:

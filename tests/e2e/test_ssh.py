@@ -8,16 +8,11 @@ import re
 import pytest
 
 from tests.e2e import exec_machine
-
-
-@pytest.fixture(scope="session")
-def _release(guest_host):
-    yield
-    exec_machine.release_all()
+from tests.e2e.exec_machine import release_machines  # noqa: F401 (fixture)
 
 
 @pytest.fixture
-def ssh_vm(guest_host, _release):
+def ssh_vm(guest_host, release_machines):
     return exec_machine.shared(guest_host, "sshvm", run_args=("--ssh",))
 
 
