@@ -35,9 +35,13 @@ def test_isr_ack_and_notify_in_c(kvm):
           f"mov rsi, {AVAIL:#x}", "mov word ptr [rsi + 4], 0", "mfence", "mov word ptr [rsi + 2], 1", "mfence")
     g.wr(Reg.QUEUE_NOTIFY, 7)  # no such queue: ignored
     g.wr(Reg.QUEUE_NOTIFY, 0)  # no ioeventfd registered: the C side writes the eventfd
-    # Wait for the used ring (bounded), then read the ISR until the bit is there too.
-    g.asm(f"mov rsi, {USED:#x}", "mov ecx, 400000",
-          "1: movzx eax, word ptr [rsi + 2]", "test eax, eax", "jnz 2f", "dec ecx", "jnz 1b", "2:")
+    # Wait for the used ring, then read the ISR until the bit is there too: the device
+    # thread publishes the used index before it sets the ISR, and on a loaded host either
+    # can lag the guest's spinning (a 400,000-turn bound on the first wait and a single ISR
+    # read failed once in a run beside other jobs). Bounded by t.run's timeout, not a count.
+    g.asm(f"mov rsi, {USED:#x}",
+          "1: movzx eax, word ptr [rsi + 2]", "pause", "test eax, eax", "jz 1b",
+          f"3: mov eax, dword ptr [rbx + {Reg.INTERRUPT_STATUS:#x}]", f"test eax, {INT_VRING:#x}", "jz 3b")
     g.rd("interrupt_status", Reg.INTERRUPT_STATUS).wr(Reg.INTERRUPT_ACK, INT_VRING)
     g.rd("interrupt_acked", Reg.INTERRUPT_STATUS)
 
@@ -62,7 +66,8 @@ def test_isr_ack_and_notify_in_c(kvm):
     assert r["isr_preset"] == INT_CONFIG
     assert used_idx == 1 and irq.count >= 1
     assert r["interrupt_status"] == INT_VRING and r["interrupt_acked"] == 0
-    assert counters == {"isr_reads": 3, "acks": 2, "notifies": 2}
+    # preset, the polled reads (at least one), acked: every one counted in C
+    assert counters["isr_reads"] >= 3 and (counters["acks"], counters["notifies"]) == (2, 2), counters
     assert isr_after == 0 and state.interrupt_status == 0
     assert r["status_features_ok"] == 0xB  # everything else still reached the Python side
 
