@@ -8,24 +8,15 @@ p90 is the 90th-percentile round by time (the slow end), also for throughputs.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks.resultfiles import commit, host_facts, utc_now, write
+
 _FIGURES: dict[str, dict] = {}
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
 
 
 def _summary(values: list[float], slow_end_is_high: bool) -> dict:
@@ -79,13 +70,8 @@ def results_file():
     yield
     if not _FIGURES:
         return
-    dirty = _git("status", "--porcelain", "--", "guest", "vmm/guest", "benchmarks/guest")
-    meta = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-            "cpus": os.cpu_count(), "kernel": platform.release(),
-            "commit": _git("rev-parse", "--short", "HEAD") + (" (guest code modified)" if dirty else ""),
+    meta = {"when": utc_now(), **host_facts(),
+            "commit": commit(("guest", "vmm/guest", "benchmarks/guest"), "guest code modified") or "",
             "command": "python -m pytest " + " ".join(sys.argv[1:]),
             "load_before": list(load_before), "load_after": list(os.getloadavg())}
-    stem = RESULTS / f"agent-{meta['when'].replace(':', '')}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "figures": _FIGURES}, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(_markdown(meta))
+    write("agent", meta["when"], {"meta": meta, "figures": _FIGURES}, _markdown(meta))

@@ -34,21 +34,17 @@ memfd; the tiny guest has 2 MiB of it), read from /proc/PID/smaps_rollup once ru
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
+from benchmarks.resultfiles import commit, host_facts, utc_now, write
 from vmm.paths import REPO_ROOT
 
 ROUNDS = int(os.environ.get("MM_BENCH_ROUNDS") or 11)
 FACTORY = "benchmarks.kvm.stamped_guest:create"
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 TARGET_MS = 30.0
 _FIGURES: dict[str, dict] = {}
 
@@ -60,22 +56,15 @@ def results_file():
     yield
     if not _FIGURES:
         return
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    meta = {"when": when, "host": platform.node(), "label": os.environ.get("MM_BENCH_LABEL", ""),
-            "tree": str(REPO_ROOT), "commit": commit, "rounds": ROUNDS, "loadavg_start": loadavg_start,
+    when = utc_now()
+    rev = commit(repo=REPO_ROOT)
+    meta = {"when": when, "host": host_facts()["host"], "label": os.environ.get("MM_BENCH_LABEL", ""),
+            "tree": str(REPO_ROOT), "commit": rev, "rounds": ROUNDS, "loadavg_start": loadavg_start,
             "loadavg": os.getloadavg(), "target_ms": TARGET_MS}
-    stem = RESULTS / f"worker-start-{when.replace(':', '')}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "figures": _FIGURES}, indent=1) + "\n")
     label = f" [{meta['label']}]" if meta["label"] else ""
     lines = [f"# Worker start to the guest's first exit{label} ({when}, {meta['host']}, "
              f"load {loadavg_start[0]:.1f} -> {meta['loadavg'][0]:.1f})", "",
-             f"`benchmarks/kvm/test_worker_start.py`, {ROUNDS} rounds, tree {meta['tree']} at {commit}. "
+             f"`benchmarks/kvm/test_worker_start.py`, {ROUNDS} rounds, tree {meta['tree']} at {rev}. "
              f"Target <= {TARGET_MS:.0f} ms (issue 3).", "",
              "| variant | path | n | to first exit, median | min | max | to ready, median | PSS beyond guest |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -85,7 +74,7 @@ def results_file():
             lines.append(f"| {variant} | {path} | {f['n']} | {f['to_first_exit_ms']:.1f} ms | "
                          f"{f['to_first_exit_min_ms']:.1f} ms | {f['to_first_exit_max_ms']:.1f} ms | "
                          f"{f['to_ready_ms']:.1f} ms | {f.get('beyond_guest_mib', '?')} MiB |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write("worker-start", when, {"meta": meta, "figures": _FIGURES}, "\n".join(lines) + "\n", indent=1)
 
 
 @pytest.fixture

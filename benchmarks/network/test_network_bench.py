@@ -16,38 +16,27 @@ commit, host load before and after, median, p90, min-max, n per figure).
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from benchmarks.resultfiles import commit, host_facts, utc_now, write
 from vmm.network import attachment as net
 from vmm.network import ipam, netns, nft
 
 TAG = f"mmb{os.getpid() % 100000}"
 ROUNDS = 30
 TARGET_MS = 20.0
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "benchmarks" / "results"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, links, nftables)")
 _FIGURES: dict[str, dict] = {}
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-
-
 def _meta(load_before: tuple) -> dict:
-    dirty = _git("status", "--porcelain", "--", "vmm/network", "benchmarks/network")
-    return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-            "cpus": os.cpu_count(), "kernel": platform.release(),
-            "commit": _git("rev-parse", "--short", "HEAD") + (" (vmm/network modified)" if dirty else ""),
+    return {"when": utc_now(), **host_facts(),
+            "commit": commit(("vmm/network", "benchmarks/network"), "vmm/network modified") or "",
             "command": "python -m pytest " + " ".join(sys.argv[1:]),
             "load_before": list(load_before), "load_after": list(os.getloadavg()),
             "background_vms": 10, "target_ms": TARGET_MS}
@@ -83,10 +72,7 @@ def results_file():
     if not _FIGURES:
         return
     meta = _meta(load_before)
-    stem = RESULTS / f"network-{meta['when'].replace(':', '')}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "figures": _FIGURES}, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(_markdown(meta))
+    write("network", meta["when"], {"meta": meta, "figures": _FIGURES}, _markdown(meta))
 
 
 def _record(benchmark, name: str, floor: bool = False) -> None:
