@@ -41,10 +41,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.image.bigimage import NAME, TAG, ensure_layout  # noqa: E402
+from benchmarks.resultfiles import RESULTS, commit, utc_now, write  # noqa: E402
 from tests.image.conftest import Registry  # noqa: E402
 
 MM = str(Path(sys.executable).with_name("mm"))
-RESULTS = REPO / "benchmarks" / "results"
 RESOLVE_TARGET_MS = 20.0
 # `mm image pull`'s work in a fresh `python -S` set up as the mm launcher is, without the CLI
 # framework (typer): what the command would cost with a hand-parsed fast path like `mm run`'s.
@@ -192,13 +192,6 @@ def resolve_figures(reg: Registry, work: Path, calls: int, fresh: int) -> dict[s
     return {"warm_ms": warm, "fresh_process_ms": cold}
 
 
-def commit() -> str:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "vmm/image", "benchmarks/image"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    return rev + ("+dirty(vmm/image or benchmarks/image)" if dirty else "")
-
-
 def fmt_s(s: dict) -> str:
     return f"{s['median']:.3f} s ({s['min']:.3f}–{s['max']:.3f})"
 
@@ -298,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--before", type=Path, help="a directory holding another tree's vmm/ to pull with as well")
     args = ap.parse_args(argv)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    when = utc_now()
     loads = {"start": os.getloadavg()}
     layout = ensure_layout()
     with tempfile.TemporaryDirectory(prefix="mm-image-bench-") as tmp:
@@ -320,15 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"suite": "image", "when": when, "host": platform.node(), "cpus": os.cpu_count(),
             "command": " ".join([".venv/bin/python", "benchmarks/image/pull_compare.py",
                                  *_shown_args(argv if argv is not None else sys.argv[1:])]),
-            "commit": commit(), "loadavg": loads, "tools": tools(), "layers": manifest["layers"],
+            "commit": commit(("vmm/image", "benchmarks/image"), "vmm/image or benchmarks/image modified"), "loadavg": loads, "tools": tools(), "layers": manifest["layers"],
             "notes": args.notes, "cli_floor": floor}
     summary, md = report(meta, pulls, pull_cpu, builds, sizes, resolves)
-    stem = args.out / f"image-{when.replace(':', '')}"
-    args.out.mkdir(parents=True, exist_ok=True)
     raw = {"pull_s": pulls, "pull_cpu_s": pull_cpu, "rootfs_build_s": builds, "resolve_ms": resolves,
            "cli_floor_ms": floor}
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": raw}, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(md)
+    stem = write("image", when, {"meta": meta, "summary": summary, "raw": raw}, md, indent=1, out=args.out)
     print(md)
     print(f"wrote {stem}.md and .json", file=sys.stderr)
     return 0
