@@ -88,13 +88,20 @@ def detect() -> tuple[int, dict[str, Path]]:
     return 1, v1
 
 
+def write_file(path, data: bytes) -> None:
+    """One open and one write(2), no io layer (fstat, ioctl, seeks): cgroup files are
+    written before the VMM's fork (v2) and by the VMM on its way to its first KVM_RUN
+    (v1's `tasks`, vmm.jail.supervisor.join_cgroup). OSError as the kernel says it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def _write(path: Path, value: str) -> None:
-    try:  # one write(2), no io layer: on cgroup v2 these are made before the VMM's fork
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
+    try:
+        write_file(path, value.encode())
     except OSError as exc:
         raise JailError(f"cannot write {value.strip()!r} to {path}: {exc.strerror}",
                         "mm needs root to set resource limits") from None

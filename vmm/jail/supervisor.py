@@ -137,13 +137,11 @@ def join_cgroup(tasks: list[str]) -> None:
     if threads != 1:
         raise JailError(f"{threads} threads run before the VMM joins its cgroup; only its own one would move",
                         "start threads after the jail (the machine factory must not start any)")
+    from vmm.jail.cgroups import write_file  # imported before the fork whenever there are tasks
+
     for path in tasks:
-        try:  # os.open/os.write: no io layer (fstat, ioctl, seeks) on the way to the first KVM_RUN
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
+        try:
+            write_file(path, b"0")
         except OSError as exc:
             raise JailError(f"cannot join cgroup {os.path.dirname(path)}: {exc.strerror}",
                             "mm needs root to set resource limits") from None
