@@ -33,8 +33,9 @@ MAX_RETRY_AFTER = 10.0  # a server asking for longer is not having a transient p
 
 
 def _delay(failures: int, retry_after: str | None) -> float:
-    """The backoff before the next try: doubling from BACKOFF, or the server's Retry-After
-    (in seconds; the HTTP-date form is not used by registries) when longer, capped."""
+    """The backoff before the next try, for every retry here: doubling from BACKOFF, or
+    the server's Retry-After (in seconds; the HTTP-date form is not used by registries)
+    when longer, capped."""
     delay = BACKOFF * 2 ** failures
     if retry_after and retry_after.strip().isdigit():
         delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER))
@@ -87,7 +88,7 @@ class RegistryClient:
             except httpx.TransportError as exc:
                 if failures == ATTEMPTS - 1:
                     raise self._unreachable(exc) from None
-                time.sleep(BACKOFF * 2 ** failures)
+                time.sleep(_delay(failures, None))
                 failures += 1
                 continue
             if resp.status_code == 401 and not challenged:
@@ -189,7 +190,7 @@ class RegistryClient:
                     if attempt == ATTEMPTS - 1:
                         raise RegistryUnavailable(f"downloading {digest} failed after {ATTEMPTS} attempts: {exc}",
                                                   "run the pull again: it resumes where it stopped") from None
-                    time.sleep(BACKOFF * 2 ** attempt)
+                    time.sleep(_delay(attempt, None))
             store.finish_blob(partial, digest, hexdigest, total, size)
 
     def _download(self, digest: str, size: int, partial: Path, progress: Callable[[int], None] | None) -> tuple[str, int]:
