@@ -72,3 +72,34 @@ def test_ctrl_c_asks_the_guest_to_shut_down(control, out):
     code = run_machine(control, RunOptions(image="tiny", name="cc"), "tiny", _worker(exit_code=5), out_fd=fd)
     t.join()
     assert code == 5 and read(path).endswith(b"bye\n")
+
+
+def _vmm_threads(supervisor_pid: int) -> dict[int, str]:
+    """tid -> Cpus_allowed_list of every thread of the supervisor's VMM child."""
+    with open(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children") as f:
+        (vmm,) = map(int, f.read().split())
+    out = {}
+    for tid in os.listdir(f"/proc/{vmm}/task"):
+        with open(f"/proc/{vmm}/task/{tid}/status") as f:
+            out[int(tid)] = next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list:"))
+    return out
+
+
+def test_a_cpuset_confines_every_thread_of_the_vmm(control, out):
+    fd, _ = out
+    cpu = max(os.sched_getaffinity(0))
+    run_machine(control, RunOptions(image="tiny", name="pinned", detach=True), "tiny",
+                {**_worker(), "cpuset": [cpu]}, out_fd=fd)
+    rec = control.find("pinned")
+    threads = _vmm_threads(rec.worker_pid)
+    assert len(threads) >= 2 and set(threads.values()) == {str(cpu)}, threads  # main, vCPU, ...
+
+
+def test_a_cpuset_the_host_lacks_fails_the_start_clearly(control, out):
+    from vmm.errors import MMError
+
+    fd, _ = out
+    with pytest.raises(MMError, match="cannot run the VM on CPUs"):
+        run_machine(control, RunOptions(image="tiny", name="nocpu", detach=True), "tiny",
+                    {**_worker(), "cpuset": [8000]}, out_fd=fd)
+    assert "nocpu" not in [r.name for r in control.machines.list()]  # a failed start leaves no machine

@@ -175,7 +175,10 @@ def boot_main(*, kernel, initrd, cmdline, append, cpus, memory, console_log, qui
     import threading
 
     from vmm.machine import DEFAULT_CMDLINE, Machine, MachineConfig
+    from vmm.worker import affinity
 
+    # Before any thread starts (they inherit it): MM_WORKER_CPUSET=single, as in the lab.
+    affinity.apply(affinity.default_cpuset(os.urandom(4).hex()))
     config = MachineConfig(kernel=kernel or default_kernel(), initrd=initrd,
                            cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
                            extra_cmdline=tuple(append), cpus=cpus, memory=memory,

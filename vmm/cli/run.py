@@ -187,7 +187,7 @@ _VALUES = {"--name": "name", "-e": "env", "--env": "env", "--env-file": "env_fil
            "--publish": "publish", "--cpus": "cpus", "-m": "memory", "--memory": "memory", "--disk-size": "disk_size",
            "--entrypoint": "entrypoint", "-w": "workdir", "--workdir": "workdir", "-u": "user", "--user": "user",
            "--network": "network", "-l": "label", "--label": "label", "--kernel": "kernel",
-           "--pids-limit": "pids_limit", "--cpu-limit": "cpu_limit"}
+           "--pids-limit": "pids_limit", "--cpu-limit": "cpu_limit", "--cpuset-cpus": "cpuset_cpus"}
 _REPEATED = frozenset({"env", "env_file", "publish", "label"})
 
 
@@ -196,7 +196,7 @@ def options_from(image: str, cmd: list[str], name: str | None = None, detach: bo
                  entrypoint: str | None = None, workdir: str | None = None, user: str | None = None,
                  interactive: bool = False, tty: bool = False, network: str | None = None, label=(),
                  ssh: bool = False, kernel: str | None = None, no_jail: bool = False,
-                 pids_limit: str | None = None, cpu_limit: str | None = None):
+                 pids_limit: str | None = None, cpu_limit: str | None = None, cpuset_cpus: str | None = None):
     """`mm run`'s arguments, as typed, checked into RunOptions (UsageError for bad ones)."""
     from vmm.errors import UsageError
     from vmm.machines import options as o
@@ -213,7 +213,7 @@ def options_from(image: str, cmd: list[str], name: str | None = None, detach: bo
         disk_size_mib=o.parse_disk_size(disk_size), entrypoint=o.parse_entrypoint(entrypoint),
         workdir=o.parse_workdir(workdir), user=user or None, interactive=interactive, tty=tty, network=network,
         labels=o.parse_labels(list(label)), ssh=ssh, kernel=o.parse_kernel(kernel), no_jail=no_jail,
-        pids_limit=o.parse_pids_limit(pids_limit))
+        pids_limit=o.parse_pids_limit(pids_limit), cpuset=o.parse_cpuset(cpuset_cpus))
 
 
 def fast(args: list[str]) -> int | None:
@@ -263,12 +263,14 @@ def register(app) -> None:
         pids_limit: str = typer.Option(None, "--pids-limit", help="most threads the VM's process may have"),
         cpu_limit: str = typer.Option(None, "--cpu-limit", help="CPU time of the VM's process (vCPUs and device "
                                       "I/O) in CPUs, e.g. 1.5 (default: no limit)"),
+        cpuset_cpus: str = typer.Option(None, "--cpuset-cpus", help="host CPUs the VM's threads may run on, "
+                                        "e.g. 0-3 or 1,3 (default: any)"),
     ) -> int:
         return run_image(options_from(
             image, cmd, name=name, detach=detach, rm=rm, env=env, env_file=env_file, publish=publish, cpus=cpus,
             memory=memory, disk_size=disk_size, entrypoint=entrypoint, workdir=workdir, user=user,
             interactive=interactive, tty=tty, network=network, label=label, ssh=ssh, kernel=kernel,
-            no_jail=no_jail, pids_limit=pids_limit, cpu_limit=cpu_limit))
+            no_jail=no_jail, pids_limit=pids_limit, cpu_limit=cpu_limit, cpuset_cpus=cpuset_cpus))
 
 
 def run_image(opts, out_fd: int = 1, in_fd: int = 0, err_fd: int = 2) -> int:

@@ -31,6 +31,10 @@ HEADER = struct.Struct(">cI")
 STDOUT, STDERR, RESULT = b"O", b"E", b"X"
 MAX_REQUEST = 1 << 20
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Every command here starts its VMs with all of a VM's threads on one lab CPU
+# (vmm.worker.affinity): TCG's SVM emulation corrupts guests whose device threads interrupt
+# their vCPU from another lab CPU (docs/lab.md). A request's own env may override it.
+LAB_ENV = {"MM_WORKER_CPUSET": "single"}
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -216,7 +220,7 @@ class Agent:
             self._result(conn, {"error": f"the working directory {cwd} does not exist in the lab "
                                          "(the lab's /tmp is its own; shares keep their host paths)"})
             return
-        full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+        full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", **LAB_ENV}
         full_env.update({str(k): str(v) for k, v in env.items()})
         try:
             proc = self.reaper.spawn(

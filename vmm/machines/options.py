@@ -20,6 +20,7 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MIN_MEMORY = 32 * 1024**2
 MAX_VCPUS = 255  # x86 xAPIC ids without x2APIC
+MAX_CPU_NUMBER = 8191  # the kernel's NR_CPUS ceiling: refuses "0-4000000000" before a set is built
 MIN_CPU_LIMIT = 0.01  # the jail's smallest CFS quota: 1 ms per 100 ms (vmm.jail.config.MIN_CPUS)
 
 
@@ -57,6 +58,7 @@ class RunOptions(Frozen):
         "no_jail": False,  # bool; debugging only: the worker runs unconfined (with a warning)
         "cpu_quota": None,  # float | None; the VMM's CPU-time limit in CPUs (--cpu-limit, or a fractional --cpus); None: none
         "pids_limit": None,  # int | None; --pids-limit: most threads of the VMM (None: vCPUs + 64)
+        "cpuset": None,  # list[int] | None; --cpuset-cpus: the host CPUs the VMM's threads may run on
     }
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +140,45 @@ def parse_pids_limit(text: str | None) -> int | None:
     if value < 8:
         raise UsageError(f"--pids-limit {text} is too low for the VMM", "give at least 8 (vCPUs + 64 by default)")
     return value
+
+
+def parse_cpuset(text: str | None, available: set[int] | None = None) -> list[int] | None:
+    """--cpuset-cpus in Docker's syntax ("0-3", "1,3", "0-1,4"): the sorted CPUs, each one
+    this process may run on (`available`, default its own affinity)."""
+    if text is None:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise UsageError(f"invalid --cpuset-cpus {text!r}", "list CPUs and ranges, e.g. 0-3 or 1,3")
+        first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+        if last > MAX_CPU_NUMBER:
+            raise UsageError(f"--cpuset-cpus {text}: CPU {last} is beyond any host", f"CPU numbers go up to {MAX_CPU_NUMBER}")
+        cpus.update(range(first, last + 1))
+    have = available if available is not None else os.sched_getaffinity(0)
+    missing = sorted(cpus - have)
+    if missing:
+        raise UsageError(f"--cpuset-cpus {text}: CPU{'s' if len(missing) > 1 else ''} {format_cpuset(missing)} "
+                         f"{'are' if len(missing) > 1 else 'is'} not available here",
+                         f"this host offers CPUs {format_cpuset(sorted(have))}")
+    return sorted(cpus)
+
+
+def format_cpuset(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (Docker's and the kernel's list syntax)."""
+    out: list[str] = []
+    for cpu in cpus:
+        if out and _last(out[-1]) == cpu - 1:
+            first = out[-1].split("-")[0]
+            out[-1] = f"{first}-{cpu}"
+        else:
+            out.append(str(cpu))
+    return ",".join(out)
+
+
+def _last(item: str) -> int:
+    return int(item.split("-")[-1])
 
 
 def host_memory() -> int:

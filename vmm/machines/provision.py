@@ -106,10 +106,11 @@ def provision(control, rec, opts: RunOptions, image, terminal: tuple[int, int] |
                          rootfstype=rootfs.suffix.lstrip("."))
     build_initrd(paths.root / "initrd", config, keys)
     from vmm.jail.config import for_machine
+    from vmm.worker.affinity import default_cpuset
 
     worker = {"factory": FACTORY, "machine": machine_config(opts, rootfs, paths.root, attachment, kernel),
               "agent_port": AGENT_PORT, "attach_port": ATTACH_PORT, "stdin_open": opts.interactive,
-              "stop_timeout": STOP_TIMEOUT_S,
+              "stop_timeout": STOP_TIMEOUT_S, "cpuset": opts.cpuset or default_cpuset(rec.id),
               "jail": for_machine(opts.vcpus, opts.memory_mib, cpus=opts.cpu_quota, pids=opts.pids_limit,
                                   enabled=not opts.no_jail)}
     control.machines.update(rec.id, ip=attachment.host_ip if attachment else None,

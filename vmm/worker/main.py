@@ -150,6 +150,9 @@ def run_vmm(ctx: VmmContext, spec: WorkerSpec) -> int:
     service = _service_class()(loop, spec, channel.StoreProxy(ctx.sock), ctx.paths.console_log)
     service.host_pid = ctx.host_pid
     try:
+        from vmm.worker import affinity
+
+        affinity.apply(spec.cpuset)  # first: every thread started from here on inherits it
         factory = load_factory(spec.factory)
         # Every VM needs the KVM layer and the run loop: imported now, while the
         # supervisor makes the cgroup, not after.

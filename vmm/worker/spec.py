@@ -30,6 +30,7 @@ class WorkerSpec(Frozen):
         "jail": {},
         "attach_port": None,     # vsock port of the workload's stdio (vmm/worker/workload.py)
         "stdin_open": False,     # `mm run -i`: keep the workload's stdin open for clients (else EOF at once)
+        "cpuset": None,          # host CPUs the VMM's threads run on (vmm.worker.affinity); None: any
         "v": SPEC_VERSION,
     }
 

@@ -83,3 +83,26 @@ def test_labels_workdir_entrypoint_disk():
     assert o.parse_disk_size("2g") == 2048
     with pytest.raises(UsageError):
         o.parse_disk_size("10k")
+
+
+def test_cpuset_cpus_in_dockers_list_syntax():
+    from vmm.machines.options import format_cpuset, parse_cpuset
+
+    have = set(range(8))
+    assert parse_cpuset(None) is None
+    assert parse_cpuset("0-2,5", have) == [0, 1, 2, 5]
+    assert parse_cpuset(" 3 , 1-1", have) == [1, 3]
+    assert format_cpuset([0, 1, 2, 5, 7]) == "0-2,5,7"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("x", "invalid --cpuset-cpus"), ("3-1", "invalid --cpuset-cpus"), ("", "invalid --cpuset-cpus"),
+    ("1,,2", "invalid --cpuset-cpus"), ("0-9", "CPUs 8-9 are not available here"),
+    ("12", "CPU 12 is not available here"), ("0-4000000000", "beyond any host"),
+])
+def test_bad_cpuset_cpus_are_refused_with_a_hint(text, says):
+    from vmm.machines.options import parse_cpuset
+
+    with pytest.raises(UsageError) as e:
+        parse_cpuset(text, set(range(8)))
+    assert says in e.value.message and e.value.hint
