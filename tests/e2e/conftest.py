@@ -41,6 +41,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (`item.rep_call`...), for fixtures that act
+    on a failure (tests/e2e/exec_machine.py's `vm`)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 class GuestHost:
     """Where real Linux guests run: this host (hardware KVM) or the lab."""
 

@@ -35,6 +35,7 @@ class SharedMachine:
         self.shell = MMShell(guest_host, tag)  # state on the lab's tmpfs, own prefix and subnet
         self.state, self.env = self.shell.state, self.shell.env
         self.running = False
+        self.suspect = False  # a test using it failed: look at it before the next one
         self.generation = guest_host.generation
 
     def mm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -45,6 +46,8 @@ class SharedMachine:
                            env={**self.env, "MM": MM, "VM": self.name}, timeout=timeout)
 
     def ensure_running(self) -> None:
+        if self.suspect:
+            self._replace_if_dead()
         if self.running and self.generation == self.gh.generation:
             return
         self.generation = self.gh.generation
@@ -61,6 +64,17 @@ class SharedMachine:
 
     def stopped(self) -> None:
         self.running = False
+
+    def _replace_if_dead(self) -> None:
+        """After a failed test: a machine whose agent no longer answers is removed, so the
+        next test gets a fresh one instead of failing the same way (one broken guest
+        failed five tests in a row once)."""
+        self.suspect = False
+        if not self.running or self.generation != self.gh.generation:
+            return
+        if self.mm("exec", self.name, "true", timeout=120).returncode != 0:
+            self.mm("rm", "-f", self.name)
+            self.running = False
 
     def remove(self) -> None:
         self.shell.close()
@@ -94,6 +108,11 @@ def release_machines(guest_host):
 
 
 @pytest.fixture
-def vm(guest_host, release_machines):
-    """The shared machine, (re)started if it is not running (in a fresh lab, say)."""
-    return shared(guest_host)
+def vm(request, guest_host, release_machines):
+    """The shared machine, (re)started if it is not running (in a fresh lab, say), and
+    looked at again after a test that failed with it."""
+    machine = shared(guest_host)
+    yield machine
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        machine.suspect = True
