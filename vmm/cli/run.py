@@ -296,13 +296,11 @@ def run_image(opts, out_fd: int = 1, in_fd: int = 0, err_fd: int = 2) -> int:
 
 
 def _check_name_free(control, name: str) -> None:
-    from vmm.machines import MachineNotFound, NameInUse
+    from vmm.machines import NameInUse
     from vmm.machines.ids import validate_name
 
     validate_name(name)
-    try:
-        control.machines.get(name)
-    except MachineNotFound:
+    if not control.machines.name_taken(name):
         return
     raise NameInUse(f"the name {name!r} is already used by another machine",
                     f"pick another --name, or `mm rm {name}` first")

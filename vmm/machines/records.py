@@ -107,6 +107,11 @@ class Machines:
                 raise AmbiguousMachine(f"id prefix {ref!r} matches {len(rows)} machines")
         raise MachineNotFound(f"no such machine: {ref}")
 
+    def name_taken(self, name: str) -> bool:
+        """Whether a machine has exactly this name (not get(): "c6" would also match an
+        id starting with c6, and refuse a free name)."""
+        return self.conn.execute("SELECT 1 FROM machines WHERE name = ?", (name,)).fetchone() is not None
+
     def list(self, include_stopped: bool = True) -> list[MachineRecord]:
         rows = self.conn.execute("SELECT * FROM machines ORDER BY created DESC").fetchall()
         records = [MachineRecord.from_row(r) for r in rows]

@@ -35,6 +35,23 @@ def test_duplicate_name_changes_nothing(machines):
     assert [r.image for r in machines.list()] == ["alpine"]
 
 
+def test_a_name_that_is_also_an_id_prefix_is_still_free(machines):
+    """`mm run --name c6` while another machine's id starts with c6 (ten concurrent runs
+    named c1..c10 hit this in CI): the name is free, only get() would match the id."""
+    from types import SimpleNamespace
+
+    from vmm.cli.run import _check_name_free
+
+    other = machines.create("alpine", name="first")
+    prefix = other.id[:2]
+    assert machines.get(prefix).id == other.id  # a lookup by id prefix still works
+    assert not machines.name_taken(prefix) and machines.name_taken("first")
+    _check_name_free(SimpleNamespace(machines=machines), prefix)  # no NameInUse
+    assert machines.create("busybox", name=prefix).name == prefix
+    with pytest.raises(NameInUse):
+        _check_name_free(SimpleNamespace(machines=machines), "first")
+
+
 def test_generated_names_are_unique(machines):
     names = {machines.create("alpine").name for _ in range(30)}
     assert len(names) == 30
