@@ -167,18 +167,13 @@ def parse_cpuset(text: str | None, available: set[int] | None = None) -> list[in
 
 def format_cpuset(cpus: list[int]) -> str:
     """[0, 1, 2, 5] -> "0-2,5" (Docker's and the kernel's list syntax)."""
-    out: list[str] = []
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive CPUs
     for cpu in cpus:
-        if out and _last(out[-1]) == cpu - 1:
-            first = out[-1].split("-")[0]
-            out[-1] = f"{first}-{cpu}"
+        if runs and runs[-1][1] == cpu - 1:
+            runs[-1][1] = cpu
         else:
-            out.append(str(cpu))
-    return ",".join(out)
-
-
-def _last(item: str) -> int:
-    return int(item.split("-")[-1])
+            runs.append([cpu, cpu])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
 def host_memory() -> int:
