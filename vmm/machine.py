@@ -24,6 +24,7 @@ from vmm.arch.x86 import layout as L
 from vmm.arch.x86 import boot
 from vmm.arch.x86.loader import probe_kernel
 from vmm.errors import ConfigError, MMError
+from vmm.timeline import mark
 
 MiB = 1 << 20
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1"
@@ -253,8 +254,10 @@ class Machine:
         vcpus = [self.vm.create_vcpu(i) for i in range(cfg.cpus)]
         self.vcpus = Vcpus(self.kvm, self.vm, vcpus, self.pio, self.mmio, on_exit=self._on_exit)
         self.vcpus.configure_all()
+        mark("vmm.vcpus_configured")
         self.boot_kind = boot.boot_linux(self.mem, vcpus[0], kernel=cfg.kernel, initrd=cfg.initrd,
                                          cmdline=self.cmdline(), ncpus=cfg.cpus)
+        mark("vmm.kernel_loaded")
         self.vcpus.start()
 
     def _on_exit(self, thread, reason) -> bool:

@@ -105,6 +105,10 @@ def print_error(err, stream=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("MM_TIMELINE"):
+        from vmm.timeline import mark
+
+        mark("cli.main")
     debug = os.environ.get("MM_DEBUG") == "1"
     if "--debug" in argv:
         argv.remove("--debug")

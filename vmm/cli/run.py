@@ -23,15 +23,19 @@ def run_machine(control, opts, image_ref: str, worker: dict[str, Any] | Callable
     machine again, so bad input changes nothing."""
     import os
 
+    from vmm.timeline import mark
+
     rec = control.machines.create(image_ref, name=opts.name, labels=opts.labels, auto_remove=opts.auto_remove,
                                   config={"run": opts.to_dict(), "cmd": opts.cmd,
                                           "worker": None if callable(worker) else worker})
     try:
         if callable(worker):
             worker(rec)
+            mark("cli.provisioned")
         log = control.paths(rec).console_log
         offset = log.stat().st_size if log.exists() else 0
         rec = control.start(rec.id)
+        mark("cli.started")
     except BaseException as exc:
         _keep_worker_log(control, rec, exc)
         control.remove(rec.id, force=True)
@@ -43,8 +47,10 @@ def run_machine(control, opts, image_ref: str, worker: dict[str, Any] | Callable
         code = attach_workload(control, rec, opts, in_fd, out_fd, err_fd)
     else:
         code = attach_and_wait(control, rec, offset, opts.interactive, in_fd, out_fd)
+    mark("cli.ended")
     if opts.auto_remove:
         control.remove(rec.id, force=True)
+        mark("cli.removed")
     return code
 
 
@@ -68,6 +74,7 @@ def attach_workload(control, rec, opts, in_fd: int = 0, out_fd: int = 1, err_fd:
     from vmm.errors import MMError
     from vmm.guest.agent_client import Exec
     from vmm.guest.protocol import FrameReader
+    from vmm.timeline import mark
 
     try:
         sock, _ = control.client(rec).attach(offset=0, stdin=opts.interactive)
@@ -80,6 +87,7 @@ def attach_workload(control, rec, opts, in_fd: int = 0, out_fd: int = 1, err_fd:
         except ApiError:
             pass
 
+    mark("cli.attached")
     try:
         relay(Exec(sock, FrameReader(sock), 0), stdin=opts.interactive, tty=opts.tty, in_fd=in_fd,
               out_fd=out_fd, err_fd=err_fd, on_force=force)
@@ -285,11 +293,13 @@ def run_image(opts, out_fd: int = 1, in_fd: int = 0, err_fd: int = 2) -> int:
     from vmm.image.images import resolve
     from vmm.machines.db import open_control
     from vmm.machines.provision import provision
+    from vmm.timeline import mark
 
     control = open_control()
     if opts.name:
         _check_name_free(control, opts.name)  # before a pull that may take a while
     image = resolve(opts.image, pull=True, quiet=not sys.stderr.isatty())
+    mark("cli.resolved")
     terminal = terminal_size(in_fd) if opts.tty else None
     return run_machine(control, opts, image.name, lambda rec: provision(control, rec, opts, image, terminal),
                        out_fd=out_fd, in_fd=in_fd, err_fd=err_fd)

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from vmm import timeline
 from vmm.errors import MMError
 from vmm.jail.supervisor import Supervisor, VmmContext
 from vmm.machines import InvalidTransition, State
@@ -146,6 +147,8 @@ def run_vmm(ctx: VmmContext, spec: WorkerSpec) -> int:
     from vmm.worker.service import log
     from vmm.worker.vm import load_factory
 
+    timeline.open_early()  # before the jail hides the file
+    timeline.mark("vmm.start")
     loop = Loop()
     service = _service_class()(loop, spec, channel.StoreProxy(ctx.sock), ctx.paths.console_log)
     service.host_pid = ctx.host_pid
@@ -165,6 +168,7 @@ def run_vmm(ctx: VmmContext, spec: WorkerSpec) -> int:
             code_roots()
         ctx.wait_for_cgroup()  # guest RAM is charged to the cgroup of the first toucher
         vm = factory(spec.machine, service.console_sink, loop)
+        timeline.mark("vmm.built")
         server = _server_class()(loop, ctx.paths.api_socket, service)
         # SIGTERM to the worker (host shutdown, an admin) reaches us from the supervisor: a
         # graceful stop with the spec's timeout, as `mm stop`; SIGINT is ignored.
@@ -172,7 +176,9 @@ def run_vmm(ctx: VmmContext, spec: WorkerSpec) -> int:
         signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(
             lambda: service.begin_stop(spec.stop_timeout)))
         _jail(ctx, vm, log)
+        timeline.mark("vmm.jailed")
         service.attach(vm)
+        timeline.mark("vmm.running")
     except BaseException as exc:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log(f"start failed: {message}")
@@ -216,6 +222,7 @@ def _serve(loop, server, service, vm, log) -> None:
 
 
 def run_worker(spec_path: Path, ready_fd: int) -> int:
+    timeline.mark("worker.start")
     spec = WorkerSpec.read(spec_path)
     return Supervisor(spec, ready_fd).run(lambda ctx: run_vmm(ctx, spec))
 

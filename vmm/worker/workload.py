@@ -26,6 +26,7 @@ import threading
 import time
 
 from vmm.guest.protocol import HELLO, MAX_FRAME, Frame, encode
+from vmm.timeline import mark
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~4 ms of import time; annotations here are strings
@@ -146,6 +147,7 @@ class Workload:
         self.exit_code: int | None = None
         self.pid: int | None = None
         self.closed = False
+        self._output_seen = False  # for the timeline's first-output mark
         self._subscribers: dict[object, int] = {}  # connection -> log offset sent up to
 
     # -- the guest side (a thread of its own) ------------------------------------------
@@ -157,12 +159,14 @@ class Workload:
             try:
                 sock = self.connect()
             except Exception:
+                mark("vmm.attach_refused")
                 time.sleep(CONNECT_RETRY_S)  # init has not reached its listen() yet
                 continue
             try:
                 sock.sendall(encode(Frame.HELLO, HELLO))
                 if not self.stdin_open:  # Docker without -i: the workload's stdin is at EOF
                     sock.sendall(encode(Frame.STDIN_EOF))
+                mark("vmm.attached")
                 return sock
             except OSError:
                 sock.close()
@@ -196,8 +200,12 @@ class Workload:
 
     def _from_guest(self, ftype: int, payload: bytes) -> None:
         if ftype == Frame.STARTED and len(payload) == 4:
+            mark("vmm.workload_started")
             self.pid = struct.unpack("<I", payload)[0]
         elif ftype in (Frame.STDOUT, Frame.STDERR):
+            if not self._output_seen:
+                self._output_seen = True
+                mark("vmm.first_output")
             self._append(encode(ftype, payload))
         elif ftype == Frame.EXIT:
             code, _sig = exit_result(payload)
