@@ -6,7 +6,9 @@
 A suite (SUITES) turns options into contenders: a name and the argv of one run. Each
 round runs every contender once, the order swapped every round so neither always goes
 first. A run's time to a marker line on its console and to its exit are measured from
-process start. Results (median, p90, ours/QEMU ratio of medians) go to
+process start. `--gap S` sleeps S seconds before every run, so each starts on a quiet
+host and neither side's leftover or background work (our fork server's spare preparing
+the next VM's memory, vmm/prepared_ram.py) runs inside the other's clock. Results (median, p90, ours/QEMU ratio of medians) go to
 benchmarks/results/<suite>-<UTC time>.json and .md. Later suites add themselves to SUITES.
 """
 from __future__ import annotations
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--timeout", type=float, default=180.0, help="per run")
     p.add_argument("--linger", type=float, default=30.0, help="wait for exit after the marker")
+    p.add_argument("--gap", type=float, default=0.0, help="seconds of quiet before every run (both sides)")
+    p.add_argument("--warmup", type=int, default=0, help="unmeasured rounds first (caches, fork server)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--mm-code", choices=("local", "tree"), default="local",
                    help="boot suite: run mm from a local copy of the checkout (as installed) or from the checkout")
@@ -233,10 +237,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_suite(args.suite, args)
     contenders, details = SUITES[args.suite](args)
+    for c in contenders * args.warmup:
+        time.sleep(args.gap)
+        r = run_once(c, -1, args.timeout, args.linger)
+        print(f"warm-up {c.name}: marker {r.to_marker} s, exit {r.to_exit} s (rc {r.returncode})", flush=True)
     runs: list[Run] = []
     for rnd in range(args.rounds):
         order = contenders if rnd % 2 == 0 else contenders[::-1]
         for c in order:
+            time.sleep(args.gap)
             r = run_once(c, rnd, args.timeout, args.linger)
             runs.append(r)
             print(f"round {rnd} {c.name}: marker {r.to_marker} s, exit {r.to_exit} s "
@@ -244,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [c.name for c in contenders]
     summary = summarize(runs, names)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if args.gap:
+        details += f"; {args.gap:g} s of quiet before every run"
+    if args.warmup:
+        details += f"; {args.warmup} unmeasured warm-up round(s) first"
     meta = {"suite": args.suite, "when": when, "host": platform.node(), "rounds": args.rounds,
             "details": details, "argv": {c.name: c.argv for c in contenders}}
     out = Path(args.out)

@@ -111,7 +111,10 @@ class GuestMemory:
         hugepages = _want_hugepages(size, hugepages)
         self.size = size
         self.hugepages = hugepages
-        self.memfd = os.memfd_create(name, os.MFD_CLOEXEC)
+        from vmm import prepared_ram
+
+        fd = prepared_ram.take(size, hugepages)  # a fork server's spare made it: its first pages exist
+        self.memfd = os.memfd_create(name, os.MFD_CLOEXEC) if fd is None else fd
         try:
             os.ftruncate(self.memfd, size)
             self._map = mmap.mmap(self.memfd, size, mmap.MAP_SHARED,

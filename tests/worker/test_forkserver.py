@@ -44,6 +44,24 @@ def fd_probe(config, console, events) -> FdProbe:
     return FdProbe(dict(config), console, events)
 
 
+class RamProbe(TinyGuest):
+    """A tiny guest whose VMM says, as its vCPUs start, how much of its guest RAM exists:
+    the whole of it when it took a spare's prepared memfd, one page (the guest's code)
+    when it made its own."""
+
+    def start(self) -> None:
+        self.console_out(f"ram {os.fstat(self.mem.memfd).st_blocks * 512}\n".encode())
+        super().start()
+
+    def __init__(self, config, console, events) -> None:
+        self.console_out = console
+        super().__init__({**config, "hugepages": None}, console, events)  # as a real VM asks
+
+
+def ram_probe(config, console, events) -> RamProbe:
+    return RamProbe(dict(config), console, events)
+
+
 def fd_kinds(pid: str | int) -> list[list]:
     """[fd, what it is] for every open fd of `pid`: inode numbers and directories left out."""
     out = []
@@ -154,6 +172,43 @@ def test_the_vmm_holds_the_same_fds_forked_or_execd(control, fs, monkeypatch):
         assert forked[2].startswith("forked by the fork server")
         assert forked[0] == execd[0], jail  # the VMM's fd table, fd for fd
         assert forked[1] == execd[1], json.dumps([jail, forked[1], execd[1]])  # the supervisor's, by kind
+
+
+def test_a_spare_prepares_the_next_vms_guest_ram(control, fs, monkeypatch):
+    """vmm.prepared_ram through a real spare: it faults in MM_PREFAULT_MIB of a memfd while
+    it waits, and the VMM it becomes takes that memfd; an exec'd worker makes its own."""
+    from .tinyguest import MEMORY
+
+    def ram_of(name: str) -> tuple[int, str]:
+        rec = start(control, name, factory="tests.worker.test_forkserver:ram_probe")
+        line = wait_for(lambda: b"\nram " in b"\n" + read(control.paths(rec).console_log)
+                        and read(control.paths(rec).console_log), what="the VMM's guest RAM")
+        ram = int((b"\n" + line).split(b"\nram ", 1)[1].split(b"\n", 1)[0])
+        how = launch_line(control, rec)
+        control.stop(rec.id, timeout=20)
+        return ram, how
+
+    monkeypatch.setenv("MM_PREFAULT_DELAY_S", "0")
+    monkeypatch.setenv("MM_PREFAULT_MIB", "4")  # more than the tiny guest's 2 MiB: take() shrinks it
+    start(control, "warm-up", jail=False)  # starts the server, with this environment
+    server = server_pid()
+
+    def prepared_spare():
+        spare = client.ping(names())["spare"]
+        if spare is None:
+            return None
+        for fd in os.listdir(f"/proc/{spare}/fd"):
+            path = f"/proc/{spare}/fd/{fd}"
+            if "memfd:mm-guest-ram" in os.readlink(path) and os.stat(path).st_blocks * 512 == 4 << 20:
+                return spare
+        return None
+    wait_for(prepared_spare, timeout=30, what="a spare with its guest RAM prepared")
+    ram, how = ram_of("prepared")
+    assert how.startswith("forked by the fork server") and ram == MEMORY, (how, ram)
+    assert client.ping(names())["pid"] == server
+    monkeypatch.setenv("MM_FORKSERVER", "0")
+    ram, how = ram_of("own")
+    assert how.startswith("the fork server is off") and ram < MEMORY, (how, ram)
 
 
 def test_a_stale_server_is_replaced_and_the_start_goes_on_by_exec(control, fs):

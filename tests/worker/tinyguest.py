@@ -90,7 +90,7 @@ class TinyGuest:
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
         self.vm.setup_x86(irqchip=False)
-        self.mem = GuestMemory(MEMORY)
+        self.mem = GuestMemory(MEMORY, hugepages=config.get("hugepages", False))  # None: auto
         self.mem.register(self.vm)
         self.mem.write(CODE_ADDR, GUEST_CODE)
         pio = pio_bus()

@@ -12,7 +12,10 @@ guest) are attached through their console. Options are parsed and checked by
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~40 ms of `mm run` start-up in the lab (tests/unit/cli/test_run_imports.py)
+    from typing import Any, Callable
+
 
 
 def run_machine(control, opts, image_ref: str, worker: dict[str, Any] | Callable, out_fd: int = 1,

@@ -10,11 +10,8 @@ Two concatenated newc archives:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 from vmm import paths
@@ -22,6 +19,7 @@ from vmm.guest.bootconfig import BootConfig
 from vmm.guest.cpio import CpioWriter
 from vmm.guest.errors import InitramfsError
 from vmm.guest.ssh import SshKeys
+from vmm.sha256 import sha256
 
 GUEST_DIR = paths.REPO_ROOT / "guest"
 DROPBEAR = "/usr/sbin/dropbear"
@@ -30,6 +28,9 @@ LOADER_NAME = "ld-linux-x86-64.so.2"
 
 def mm_init_binary() -> Path:
     """guest/out/mm-init, (re)built with make when a source is newer."""
+    import shutil
+    import subprocess
+
     out = GUEST_DIR / "out" / "mm-init"
     # Up to date (or no compiler to rebuild it): no make, whose fork and look-ups cost
     # ~0.5 s per `mm run` in the lab.
@@ -61,6 +62,8 @@ def shared_libraries(binary: str) -> dict[str, Path]:
     """File name -> host file for every library `ldd binary` lists, and the loader as
     LOADER_NAME: what a dynamically linked host binary needs beside it in a guest that
     has no libc of its own (run it as `LOADER --library-path DIR DIR/binary`)."""
+    import subprocess
+
     proc = subprocess.run(["ldd", binary], capture_output=True, text=True)
     if proc.returncode != 0:
         raise InitramfsError(f"ldd {binary} failed: {proc.stderr.strip()}")
@@ -93,9 +96,9 @@ def base_initramfs(ssh: bool = False) -> Path:
     """The cached base archive (with dropbear when ssh)."""
     init = mm_init_binary().read_bytes()
     ssh_files = {name: p.read_bytes() for name, p in dropbear_files().items()} if ssh else {}
-    h = hashlib.sha256(init)
+    h = sha256(init)
     for name, data in sorted(ssh_files.items()):
-        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        h.update(name.encode() + b"\0" + sha256(data).digest())
     dest = paths.ensure(paths.cache_dir() / "guest") / f"initramfs-{h.hexdigest()[:16]}.cpio"
     if not dest.exists():
         tmp = dest.with_suffix(f".tmp{os.getpid()}")

@@ -3,8 +3,6 @@
 `ssh-keygen`), kept in one directory per VM and reused when already there."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 from vmm.guest.errors import SshKeyError
@@ -26,6 +24,9 @@ class SshKeys(Frozen):
 
 
 def _run(argv: list[str]) -> str:
+    import shutil
+    import subprocess
+
     if not shutil.which(argv[0]):
         raise SshKeyError(f"{argv[0]} is not installed")
     proc = subprocess.run(argv, capture_output=True, text=True)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from vmm.image import manifest as mf
 from vmm.image.errors import ImageNotFound
 from vmm.image.reference import Reference, parse
 from vmm.image.store import Store
 from vmm.plain import REQUIRED, Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~40 ms of `mm run` start-up in the lab (tests/unit/cli/test_run_imports.py)
+    from typing import Any
 
 DEFAULT_IMAGE = "mm/default:latest"
 

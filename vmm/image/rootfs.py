@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 from vmm.image.errors import RootfsError
@@ -50,6 +48,9 @@ def default_format() -> str:
 
 
 def _run(cmd: list[str], what: str) -> None:
+    import shutil
+    import subprocess
+
     tool = shutil.which(cmd[0])
     if not tool:
         package = {"mkfs.erofs": "erofs-utils"}.get(cmd[0], "e2fsprogs")
@@ -89,6 +90,8 @@ def make_fs(tree: Path, out: Path, fmt: str) -> None:
 
 def build(store: Store, digest: str, layers: list[tuple[str, str | None]], fmt: str | None = None) -> Path:
     """The root filesystem of manifest `digest` with `layers` [(blob digest, diff_id)], cached."""
+    import shutil
+
     from vmm.image.unpack import Unpacker
 
     fmt = fmt or default_format()

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
 
 from vmm import paths
 from vmm.image.errors import DigestMismatch, ImageError, ImageNotFound
+from vmm.sha256 import sha256
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~40 ms of `mm run` start-up in the lab (tests/unit/cli/test_run_imports.py)
+    from typing import Any, BinaryIO, Iterator
 
 CHUNK = 1 << 20
 
@@ -73,6 +74,8 @@ class Store:
 
     def tmp_dir(self, prefix: str) -> Path:
         """A fresh private (0700) directory under tmp/ for staging."""
+        import tempfile
+
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self._dir("tmp")))
 
     # -- locks --------------------------------------------------------------------------
@@ -101,6 +104,8 @@ class Store:
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> str:
         """Store `data`; with `digest`, verify it first. Returns the digest."""
+        import hashlib  # here, not at import: OpenSSL's start-up is no cached resolve's business
+
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if digest and digest != actual:
             raise DigestMismatch(f"content of {digest} hashes to {actual}")
@@ -118,6 +123,8 @@ class Store:
             if self.has_blob(digest):
                 return
             tmp = self.partial_path(digest).with_suffix(".import")
+            import hashlib
+
             hasher, total = hashlib.sha256(), 0
             with open(tmp, "wb") as out:
                 while chunk := src.read(CHUNK):
@@ -148,7 +155,7 @@ class Store:
 
     # -- references ---------------------------------------------------------------------
     def _ref_path(self, name: str) -> Path:
-        return self.root / "refs" / (hashlib.sha256(name.encode()).hexdigest()[:40] + ".json")
+        return self.root / "refs" / (sha256(name.encode()).hexdigest()[:40] + ".json")
 
     def set_ref(self, name: str, digest: str, index_digest: str | None = None, source: str = "") -> None:
         """Point `name` at the manifest `digest` (whose blobs must all be stored already)."""
@@ -156,6 +163,8 @@ class Store:
                   "source": source, "created": time.time()}
         path = self._ref_path(name)
         paths.ensure(path.parent)
+        import tempfile
+
         fd, tmp_name = tempfile.mkstemp(prefix=".ref-", dir=path.parent)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(record, sort_keys=True))
@@ -215,6 +224,11 @@ class Store:
             if partials:
                 # Holding gc.lock exclusively means no pull or build is using tmp/ now.
                 for path in list((self.root / "tmp").glob("*")) + list((self.root / "refs").glob(".ref-*")):
-                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                    if path.is_dir():
+                        import shutil
+
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
                     removed["tmp"] += 1
         return removed

@@ -44,6 +44,8 @@ from pathlib import Path
 # import after the fork may run a subprocess: vmm.jail.seccomp loads pyseccomp (to
 # compile the filter on a cache miss, or to name a denied call) by soname, without the
 # `ldconfig -p` of ctypes.util.find_library.
+from vmm import prepared_ram
+from vmm.fds import close_all_but
 from vmm.jail import channel, libc
 from vmm.jail.config import JailSpec, Limits
 from vmm.jail.errors import JailError
@@ -192,6 +194,7 @@ class Supervisor:
             self._vmm(VmmContext(vmm, self.pid, self.paths, self.state_dir, jail, limits, self.placement()),
                       vmm_main)
         vmm.close()
+        prepared_ram.discard()  # the VMM's now: our copy would keep its pages after the VMM exits
         return self._supervise(sup, limits)
 
     def _prepare(self, limits: Limits) -> None:
@@ -232,9 +235,7 @@ class Supervisor:
         code = 1
         try:
             libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            keep = ctx.sock.fileno()
-            os.closerange(3, keep)
-            os.closerange(keep + 1, 1 << 20)
+            close_all_but([ctx.sock.fileno(), *prepared_ram.kept_fds()])  # the VMM takes the guest RAM
             code = vmm_main(ctx)
         except BaseException:
             import traceback

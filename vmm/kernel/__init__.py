@@ -9,11 +9,7 @@ renamed into place only when complete, so a killed build leaves nothing that loo
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 from vmm import paths
@@ -99,6 +95,8 @@ def installed_version(package: str, status: Path = DPKG_STATUS) -> str | None:
 
 
 def cache_key(version: str, fragment: bytes, build_script: bytes) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     for part in (version.encode(), fragment, build_script):
         h.update(len(part).to_bytes(8, "little"))
@@ -173,6 +171,11 @@ def build(force: bool = False, jobs: int = 2, log=print) -> Path:
 
 
 def _build_locked(base: Path, key: str, final: Path, jobs: int, log) -> Path:
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+
     for stale in base.glob(".*-*"):  # a build killed outright (we hold the lock: none runs)
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)

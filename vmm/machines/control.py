@@ -8,11 +8,9 @@ change nothing; the worker then does the work and writes the new state itself.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from vmm.errors import Conflict
 from vmm.machines import liveness
@@ -20,6 +18,10 @@ from vmm.machines.errors import InvalidTransition
 from vmm.machines.layout import MachinePaths
 from vmm.machines.records import MachineRecord, Machines
 from vmm.machines.states import LIVE, STARTABLE, State
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~40 ms of `mm run` start-up in the lab (tests/unit/cli/test_run_imports.py)
+    from typing import Any
 
 
 class MachineControl:
@@ -141,6 +143,8 @@ class MachineControl:
             self._await_worker_exit(rec, timeout=5)
 
     def cleanup(self, rec: MachineRecord) -> None:
+        import shutil
+
         if rec.config.get("network"):
             from vmm.network import detach
 
@@ -149,6 +153,8 @@ class MachineControl:
 
     def prune(self) -> list[MachineRecord]:
         """Remove every exited or dead machine, then directories no record owns."""
+        import shutil
+
         removed = []
         now = time.time()
         for rec in self.machines.reconcile_all():

@@ -14,8 +14,10 @@ FP.lock for life, imports PRELOAD, freezes the GC, records every file it importe
   it answers "stale" and exits, and the client starts a fresh server, so a worker never
   runs code older than its tree;
 - a launch hands the request to the spare, a child forked ahead of time that has
-  rehearsed the worker's set-up (its copy-on-write faults taken) and waits for one
-  request (forking one at request time if there is none). The worker is then what
+  rehearsed the worker's set-up (its copy-on-write faults taken), then prepares what
+  the entry's `prepare_while_waiting` makes ahead (vmm.worker.main: the next VM's guest
+  RAM, vmm.prepared_ram) until a request comes, and waits for one request (forking one
+  at request time if there is none). The worker is then what
   the exec'd worker would have been (vmm.worker.launch): its own session (setsid), stdio
   /dev/null and worker.log, the caller's environment, cwd and umask, every other fd
   closed, then ENTRY(argv + [READY_FD]) in-process. One fork, not a double fork: the
@@ -42,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from vmm import prepared_ram
+from vmm.fds import close_all_but
 from vmm.worker import forkserver_proto as proto
 
 IDLE_S = 15 * 60
@@ -312,10 +316,9 @@ def _spare(sock: socket.socket, target) -> None:
     it exits without one when the server closes its end."""
     try:
         _detach()
-        keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 1 << 20)
+        close_all_but([sock.fileno()])
         _rehearse(target)
+        _prepare(target, sock)
         request, fds = proto.recv(sock)
     except BaseException:
         os._exit(1)
@@ -343,13 +346,25 @@ def _rehearse(target) -> None:
             log(f"spare: rehearse() failed: {type(exc).__name__}: {exc}")
 
 
+def _prepare(target, sock: socket.socket) -> None:
+    """The entry module's `prepare_while_waiting(interrupted)` (vmm.worker.main: the next
+    VM's guest RAM), if it has one; `interrupted(timeout=0)` says whether a request waits on
+    `sock`, waiting up to `timeout` seconds for one."""
+    hook = getattr(sys.modules.get(getattr(target, "__module__", "") or ""), "prepare_while_waiting", None)
+    if callable(hook):
+        try:
+            hook(lambda timeout=0.0: bool(select.select([sock], [], [], timeout)[0]))
+        except Exception as exc:  # the worker does without
+            log(f"spare: prepare_while_waiting() failed: {type(exc).__name__}: {exc}")
+
+
 def _worker(target, request: dict, ready_fd: int, log_fd: int) -> None:
     """The worker, as the exec'd `python -S -c ... vmm.worker.main` would have been."""
     code = 1
     try:
         # Nothing of ours goes on: the listener, the lock (a worker holding it would keep
         # the next server out), the log, the request's socket.
-        ready_fd = proto.worker_fds(log_fd, ready_fd)
+        ready_fd = proto.worker_fds(log_fd, ready_fd, keep=prepared_ram.kept_fds())
         os.umask(request["umask"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -425,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = args[2] if len(args) > 2 else proto.ENTRY
     idle_s = float(os.environ.get("MM_FORKSERVER_IDLE_S") or IDLE_S)
     os.chdir("/")  # hold no launcher's directory busy
-    os.closerange(3, 1 << 20)  # nor any fd it let us inherit (a shell's pipe would never see EOF)
+    close_all_but()  # nor any fd it let us inherit (a shell's pipe would never see EOF)
     lock = acquire_lock(names.lock)
     if lock is None:
         log("another fork server holds the lock; exiting")

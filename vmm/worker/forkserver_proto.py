@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from vmm.errors import MMError
+from vmm.fds import close_all_but
 
 # Part of the fingerprint: a client never talks to a server speaking another version.
 PROTOCOL = 1
@@ -47,18 +48,19 @@ class ForkServerError(MMError):
 READY_FD = 3  # where a worker holds the ready pipe's write end, however it started
 
 
-def worker_fds(log_fd: int, ready_fd: int) -> int:
+def worker_fds(log_fd: int, ready_fd: int, keep: tuple[int, ...] = ()) -> int:
     """In a worker-to-be, exec'd (vmm.worker.launch) or forked (vmm.worker.forkserver):
     stdin /dev/null, stdout and stderr `log_fd`, the ready pipe's `ready_fd` moved to
-    READY_FD, every other fd closed, so a worker holds the same fds, number for number,
-    whichever way it started (and the fds it opens next get the same numbers). READY_FD."""
+    READY_FD, every other fd closed but `keep` (a spare's prepared guest RAM, vmm.prepared_ram,
+    above its FD_FLOOR), so a worker holds the same fds, number for number, whichever way
+    it started (and the fds it opens next get the same numbers). READY_FD."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     if ready_fd != READY_FD:
         os.dup2(ready_fd, READY_FD)  # over /dev/null's or the log's spare copy, if either was there
-    os.closerange(READY_FD + 1, 1 << 20)
+    close_all_but(keep, low=READY_FD + 1)
     return READY_FD
 
 

@@ -30,6 +30,8 @@ from vmm.worker.spec import WorkerSpec
 
 # After the VM ends, give replies (wait/stop answers, console tails) at most this long to flush.
 LINGER_S = 0.5
+# The fork server's spare prepares the next VM's guest RAM this long after it was forked.
+PREPARE_DELAY_S = 2.0
 
 
 def prewarm() -> None:
@@ -58,6 +60,30 @@ def rehearse() -> None:
     spec = WorkerSpec(**json.loads(json.dumps(data)))
     Supervisor(spec, -1)
     JailSpec.from_dict(spec.jail).resolved(spec.machine, 1)
+
+
+def prepare_while_waiting(interrupted) -> None:
+    """Run by the fork server's spare after rehearse(), until `interrupted()` says a request
+    waits: the next VM's guest RAM with its first MM_PREFAULT_MIB faulted in
+    (vmm.prepared_ram), which its kernel load then writes without allocating.
+
+    It starts PREPARE_DELAY_S (MM_PREFAULT_DELAY_S) after the spare, which is forked just
+    after a launch: not while that VM boots, whose start it would slow (the lab's two CPUs
+    share two host cores with its I/O thread), and at a lower priority than any VM."""
+    import os
+
+    from vmm import prepared_ram
+    from vmm.jail.supervisor import behind_the_vmm
+    from vmm.memory import thp_available
+
+    window = prepared_ram.window_from_env()
+    try:
+        delay = float(os.environ.get("MM_PREFAULT_DELAY_S") or PREPARE_DELAY_S)
+    except ValueError:
+        delay = PREPARE_DELAY_S
+    if window and not interrupted(max(0.0, delay)):
+        with behind_the_vmm():
+            prepared_ram.prepare(window, window, thp_available(), interrupted)
 
 
 def _memo(fn):

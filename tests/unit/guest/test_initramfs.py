@@ -101,8 +101,11 @@ def test_mm_init_is_rebuilt_only_when_a_source_is_newer(tmp_path, monkeypatch):
         returncode, stderr = 0, ""
 
     monkeypatch.setattr(initramfs, "GUEST_DIR", guest)
-    monkeypatch.setattr(initramfs.shutil, "which", lambda name: "/usr/bin/" + name)
-    monkeypatch.setattr(initramfs.subprocess, "run", lambda argv, **kw: (runs.append(argv), Made())[1])
+    import shutil
+    import subprocess
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)  # imported where used
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: (runs.append(argv), Made())[1])
     assert initramfs.mm_init_binary() == out and runs == []
     os.utime(src, ns=(10**10, 10**10))  # an edit after the build
     assert initramfs.mm_init_binary() == out and runs == [["make", "-C", str(guest), "-s"]]
