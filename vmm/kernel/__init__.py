@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vmm import paths
 from vmm.errors import MMError
+from vmm.sha256 import sha256
 
 KERNEL_DIR = paths.REPO_ROOT / "kernel"
 FRAGMENT = KERNEL_DIR / "microvm.config"
@@ -95,9 +96,7 @@ def installed_version(package: str, status: Path = DPKG_STATUS) -> str | None:
 
 
 def cache_key(version: str, fragment: bytes, build_script: bytes) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
+    h = sha256()
     for part in (version.encode(), fragment, build_script):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)

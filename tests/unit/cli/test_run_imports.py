@@ -32,13 +32,16 @@ def test_run_path_imports_no_heavy_modules():
 
 def test_a_cached_resolve_and_new_ids_load_none_of_them(tmp_path):
     """Not only imports: what a warm run calls before its worker starts (the store's
-    reference lookup hashes a name; a machine gets an id and a name) stays off them too."""
+    reference lookup hashes a name; a machine gets an id and a name; the kernel's cache
+    key; the built guest init) stays off them too."""
     code = ("import sys, json\n"
             "from vmm.image.store import Store\n"
             "from vmm.machines import ids\n"
             f"store = Store({str(tmp_path)!r})\n"
             "assert store.get_ref('mm/default:latest') is None\n"
             "ids.new_id(); ids.random_name()\n"
+            "from vmm.kernel import build_dir; build_dir()\n"
+            "from vmm.guest.initramfs import mm_init_binary; mm_init_binary()\n"
             f"print(json.dumps([m for m in {AVOIDED!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-S", "-c", code], env=worker_env(), check=True,
                          capture_output=True, text=True).stdout
