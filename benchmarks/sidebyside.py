@@ -6,7 +6,8 @@
 A suite (SUITES) turns options into contenders: a name and the argv of one run. Each
 round runs every contender once, the order swapped every round so neither always goes
 first. A run's time to a marker line on its console and to its exit are measured from
-process start. `--gap S` sleeps S seconds before every run, so each starts on a quiet
+process start. `--peer-cpus` (benchmarks/peer_cpus.py) gives QEMU the CPUs each of our
+VMs gets: in the lab, one lab CPU per VM. `--gap S` sleeps S seconds before every run, so each starts on a quiet
 host and neither side's leftover or background work (our fork server's spare preparing
 the next VM's memory, vmm/prepared_ram.py) runs inside the other's clock. Results (median, p90, ours/QEMU ratio of medians) go to
 benchmarks/results/<suite>-<UTC time>.json and .md. Later suites add themselves to SUITES.
@@ -30,6 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
+from benchmarks import peer_cpus  # noqa: E402
+
 
 @dataclass
 class Contender:
@@ -50,12 +53,13 @@ class Run:
     guest_uptime: float | None = None   # what the guest said (boot suite)
 
 
-def run_once(c: Contender, round_no: int, timeout: float, linger: float) -> Run:
-    """Spawn, watch stdout for the marker, wait for exit (at most `linger` s after the
-    marker, then kill: a guest that cannot power off must not stall the benchmark)."""
+def run_once(c: Contender, round_no: int, timeout: float, linger: float, prefix: tuple[str, ...] = ()) -> Run:
+    """Spawn (`prefix` + its argv), watch stdout for the marker, wait for exit (at most
+    `linger` s after the marker, then kill: a guest that cannot power off must not stall
+    the benchmark)."""
     env = dict(os.environ, **c.env)
     start = time.monotonic()
-    proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*prefix, *c.argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=c.cwd)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -231,22 +235,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="boot suite: run mm from a local copy of the checkout (as installed) or from the checkout")
     p.add_argument("--seconds", type=int, default=8, help="virtio suites: seconds per workload")
     p.add_argument("--no-jail", action="store_true", help="run suite: mm run --no-jail")
+    p.add_argument("--peer-cpus", choices=peer_cpus.CHOICES, default="same",
+                   help="same: QEMU confined to CPUs as each of our VMs is (the lab: one CPU); any: unconfined")
     args = p.parse_args(argv)
     if args.suite in VIRTIO_SUITES:
         from benchmarks.virtio.harness import run_suite
 
         return run_suite(args.suite, args)
     contenders, details = SUITES[args.suite](args)
+    details += f"; {peer_cpus.describe(args.peer_cpus)}"
+
+    def prefix(c: Contender) -> tuple[str, ...]:
+        return () if c.name == "mm" else peer_cpus.peer_prefix(args.peer_cpus)
+
     for c in contenders * args.warmup:
         time.sleep(args.gap)
-        r = run_once(c, -1, args.timeout, args.linger)
+        r = run_once(c, -1, args.timeout, args.linger, prefix(c))
         print(f"warm-up {c.name}: marker {r.to_marker} s, exit {r.to_exit} s (rc {r.returncode})", flush=True)
     runs: list[Run] = []
     for rnd in range(args.rounds):
         order = contenders if rnd % 2 == 0 else contenders[::-1]
         for c in order:
             time.sleep(args.gap)
-            r = run_once(c, rnd, args.timeout, args.linger)
+            r = run_once(c, rnd, args.timeout, args.linger, prefix(c))
             runs.append(r)
             print(f"round {rnd} {c.name}: marker {r.to_marker} s, exit {r.to_exit} s "
                   f"(rc {r.returncode}), guest uptime {r.guest_uptime}", flush=True)

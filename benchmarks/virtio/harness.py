@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks import peer_cpus
 from benchmarks.virtio.guestvm import BenchError, GuestProcess
 from benchmarks.virtio.suites import OURS, PEER, SUITES, WORK
 
@@ -76,7 +77,7 @@ def markdown(suite, meta: dict, summary: dict, runs: list[dict]) -> str:
 
 def run_suite(name: str, args) -> int:
     """`args`: the sidebyside.py options (rounds, cpus, memory, kernel, append, qemu, timeout,
-    out) plus `seconds` (per workload)."""
+    out, peer_cpus) plus `seconds` (per workload)."""
     from vmm.kernel import kernel_path
 
     args.kernel = args.kernel or str(kernel_path("vmlinux"))
@@ -91,7 +92,8 @@ def run_suite(name: str, args) -> int:
         contenders = suite.contenders()
         for rnd in range(args.rounds):
             for cname, argv, prefix in (contenders if rnd % 2 == 0 else contenders[::-1]):
-                r = run_once(suite, cname, argv, prefix, args.timeout)
+                confine = peer_cpus.peer_prefix(args.peer_cpus) if cname == PEER else ()
+                r = run_once(suite, cname, argv, (*confine, *prefix), args.timeout)
                 r["round"] = rnd
                 runs.append(r)
                 print(f"round {rnd} {cname}: {r['figures'] or r['error']}", flush=True)
@@ -100,7 +102,8 @@ def run_suite(name: str, args) -> int:
     summary = summarize(suite, runs)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta = {"suite": name, "when": when, "host": platform.node(), "rounds": args.rounds,
-            "details": f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}",
+            "details": (f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}; "
+                        f"{peer_cpus.describe(args.peer_cpus)}"),
             "argv": {c: a for c, a, _ in contenders}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -411,3 +411,36 @@ def test_draining_a_full_host_socket_returns_credit_to_the_guest():
     mux.listener.close()
     c.close()
     b.close()
+
+
+def test_a_connect_during_a_close_rides_on_its_interrupt(vsock, monkeypatch):
+    """A client that connects while the device thread is busy with its previous stream's
+    close: the SHUTDOWN and the new REQUEST are both in the rx queue when the interrupt
+    for them is raised (one hand-off to the guest, not two)."""
+    dev, g, path = vsock
+    s = host_connect(path, 1234)
+    (req, _), = g.recv()
+    g.send(OP_RESPONSE, 1234, req.src_port)
+    assert read_line(s) == f"OK {req.src_port}\n".encode()
+    delivered_at_signal = []  # rx packets the device had delivered at each interrupt
+    signal_used = dev.active.signal_used
+    dev.active.signal_used = lambda q: (delivered_at_signal.append(dev.metrics.rx_packets), signal_used(q))
+    clients = []
+    host_eof = dev.mux._host_eof
+
+    def eof_then_connect(c):
+        host_eof(c)
+        if not clients:  # the next client arrives while this turn runs
+            clients.append(host_connect(path, 1235))
+
+    monkeypatch.setattr(dev.mux, "_host_eof", eof_then_connect)
+    before = dev.metrics.rx_packets
+    g.rx.set_used_event(g.rx.used_idx())  # EVENT_IDX: the driver wants an interrupt for the next used buffer
+    s.close()
+    got = g.recv(2)
+    assert [h.op for h, _ in got] == [OP_SHUTDOWN, OP_REQUEST] and got[1][0].dst_port == 1235
+    deadline = time.monotonic() + 5  # the used ring fills before the interrupt is raised
+    while not delivered_at_signal and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert delivered_at_signal[0] == before + 2
+    clients[0].close()
