@@ -62,5 +62,5 @@ def describe(mode: str, env: dict[str, str] | None = None) -> str:
         return "neither VMM confined to CPUs"
     if mode == "any":
         return "each of our VMs on one lab CPU, QEMU on any"
-    how = "taskset, and a cgroup cpuset for its vhost worker" if _cpuset_cgroup(0) else "taskset only"
+    how = "taskset, and a cgroup cpuset for any vhost worker" if _cpuset_cgroup(0) else "taskset only"
     return f"each VM of either VMM on one lab CPU picked per run (QEMU: {how})"

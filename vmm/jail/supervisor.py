@@ -48,6 +48,7 @@ from vmm import prepared_ram
 from vmm.fds import close_all_but
 from vmm.jail import channel, libc
 from vmm.jail.config import JailSpec, Limits
+from vmm.timeline import mark
 from vmm.jail.errors import JailError
 from vmm.machines import InvalidTransition, State
 from vmm.machines.layout import MachinePaths
@@ -280,7 +281,9 @@ class Supervisor:
         self._drain(sup, sel)
         _, status = os.waitpid(self.child, 0)
         os.close(pidfd)
+        mark("worker.vmm_reaped")
         self._finish(status)
+        mark("worker.finished")
         return 0
 
     def _start_up(self, sup: socket.socket, limits: Limits | None) -> None:

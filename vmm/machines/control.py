@@ -18,6 +18,7 @@ from vmm.machines.errors import InvalidTransition
 from vmm.machines.layout import MachinePaths
 from vmm.machines.records import MachineRecord, Machines
 from vmm.machines.states import LIVE, STARTABLE, State
+from vmm.timeline import mark
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~40 ms of `mm run` start-up in the lab (tests/unit/cli/test_run_imports.py)
@@ -100,6 +101,7 @@ class MachineControl:
                 self.client(rec, timeout=None).wait()
             except WorkerUnreachable:
                 pass  # it ended (or died) between our read and the call: the store knows
+            mark("cli.waited")
             self._await_worker_exit(rec)
             rec = self.machines.reconcile(self.machines.get(rec.id))
         return rec.exit_code if rec.exit_code is not None else 0 if rec.state is State.CREATED else 1

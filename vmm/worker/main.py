@@ -239,12 +239,14 @@ def _serve(loop, server, service, vm, log) -> None:
     try:
         loop.run()
     finally:
+        timeline.mark("vmm.loop_ended")
         server.close()
         try:
             vm.close()
         except OSError as exc:
             if exc.errno != errno.EROFS:  # a device removing its socket from the read-only
                 log(f"closing the VM: {exc}")  # cell: the supervisor removes it instead
+        timeline.mark("vmm.closed")
 
 
 def run_worker(spec_path: Path, ready_fd: int) -> int:

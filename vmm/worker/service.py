@@ -21,6 +21,7 @@ from vmm.api import protocol
 from vmm.api.errors import BadArgument, Unavailable, WrongState
 from vmm.api.server import DEFERRED, Connection
 from vmm.machines import InvalidTransition, State
+from vmm.timeline import mark
 from vmm.worker.loop import Loop, Timer
 from vmm.worker.spec import WorkerSpec
 from vmm.worker.vm import ExitState, VirtualMachine
@@ -127,6 +128,7 @@ class WorkerService:
             State.EXITED, exit_code=state.effective_code(), exit_reason=state.reason,
             finished_at=time.time(), error=state.detail or None,
         )
+        mark("vmm.ended")
         result = self._exit_result()
         for conn, rid in self._waiters:
             conn.reply(rid, result)

@@ -208,6 +208,7 @@ class Workload:
                 mark("vmm.first_output")
             self._append(encode(ftype, payload))
         elif ftype == Frame.EXIT:
+            mark("vmm.workload_exited")
             code, _sig = exit_result(payload)
             self._append(encode(ftype, payload))
             self.loop.call_soon_threadsafe(lambda: self._exited(code))
