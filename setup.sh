@@ -70,8 +70,8 @@ write_launcher() {
     "# mm's launcher, written by setup.sh (write_launcher): python -S, sys.path set here." \
     "import sys" \
     "sys.path[1:1] = ['$ROOT', '$site']" \
-    "from vmm.cli.main import main" \
-    "sys.exit(main())" > "$VENV/bin/mm.tmp"
+    "from vmm.cli.main import entry" \
+    "entry()" > "$VENV/bin/mm.tmp"
   chmod 755 "$VENV/bin/mm.tmp"
   mv -f "$VENV/bin/mm.tmp" "$VENV/bin/mm"
 }

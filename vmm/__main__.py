@@ -1,4 +1,4 @@
 """`python -m vmm` is `mm`."""
-from vmm.cli.main import main
+from vmm.cli.main import entry
 
-raise SystemExit(main())
+entry()
