@@ -113,9 +113,7 @@ class MachineControl:
     def _await_worker_exit(self, rec: MachineRecord, timeout: float = 10.0) -> None:
         """The worker records the end and then exits; wait for both so callers see `exited`."""
         rec = self.machines.get(rec.id)
-        deadline = time.monotonic() + timeout
-        while liveness.is_alive(rec.worker_pid, rec.worker_start) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        liveness.wait_gone(rec.worker_pid, rec.worker_start, timeout)
 
     # -- removing ------------------------------------------------------------------------
 
