@@ -6,7 +6,8 @@
 A suite (SUITES) turns options into contenders: a name and the argv of one run. Each
 round runs every contender once, the order swapped every round so neither always goes
 first. A run's time to a marker line on its console and to its exit are measured from
-process start. `--peer-cpus` (benchmarks/peer_cpus.py) gives QEMU the CPUs each of our
+process start; the result files are rewritten after every run, so a run cut short keeps
+what it measured (marked partial). `--peer-cpus` (benchmarks/peer_cpus.py) gives QEMU the CPUs each of our
 VMs gets: in the lab, one lab CPU per VM. `--gap S` sleeps S seconds before every run, so each starts on a quiet
 host and neither side's leftover or background work (our fork server's spare preparing
 the next VM's memory, vmm/prepared_ram.py) runs inside the other's clock. Results (median, p90, ours/QEMU ratio of medians) go to
@@ -15,7 +16,6 @@ benchmarks/results/<suite>-<UTC time>.json and .md. Later suites add themselves 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import selectors
@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 from benchmarks import peer_cpus  # noqa: E402
+from benchmarks.resultfiles import RESULTS, commit, utc_now, write  # noqa: E402
 
 
 @dataclass
@@ -217,7 +217,7 @@ SUITES = {"boot": boot_suite, "run": run_suite}
 VIRTIO_SUITES = ("virtio-blk", "virtio-net", "virtio-vsock")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("suite", choices=sorted(SUITES) + sorted(VIRTIO_SUITES))
     p.add_argument("--rounds", type=int, default=5)
@@ -237,14 +237,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-jail", action="store_true", help="run suite: mm run --no-jail")
     p.add_argument("--peer-cpus", choices=peer_cpus.CHOICES, default="same",
                    help="same: QEMU confined to CPUs as each of our VMs is (the lab: one CPU); any: unconfined")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.suite in VIRTIO_SUITES:
         from benchmarks.virtio.harness import run_suite
 
         return run_suite(args.suite, args)
     contenders, details = SUITES[args.suite](args)
     details += f"; {peer_cpus.describe(args.peer_cpus)}"
+    if args.gap:
+        details += f"; {args.gap:g} s of quiet before every run"
+    if args.warmup:
+        details += f"; {args.warmup} unmeasured warm-up round(s) first"
+    return _measure(args, contenders, details)
 
+
+def _measure(args, contenders: list[Contender], details: str) -> int:
+    """Warm-up rounds, then the measured ones, alternating; results saved after every run."""
     def prefix(c: Contender) -> tuple[str, ...]:
         return () if c.name == "mm" else peer_cpus.peer_prefix(args.peer_cpus)
 
@@ -252,31 +264,33 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.gap)
         r = run_once(c, -1, args.timeout, args.linger, prefix(c))
         print(f"warm-up {c.name}: marker {r.to_marker} s, exit {r.to_exit} s (rc {r.returncode})", flush=True)
+    names = [c.name for c in contenders]
+    when = utc_now()
     runs: list[Run] = []
+
+    def save() -> tuple[Path, str]:
+        """The results so far: written after every run, so a run cut short (the lab's
+        hang) leaves what it measured, marked partial."""
+        summary = summarize(runs, names)
+        done = len(runs) == args.rounds * len(contenders)
+        meta = {"suite": args.suite, "when": when, "host": platform.node(), "rounds": args.rounds,
+                "details": details, "commit": commit(watched=("vmm", "devices", "benchmarks")),
+                "complete": done, "argv": {c.name: c.argv for c in contenders}}
+        md = markdown(args.suite, meta, summary, names)
+        if not done:
+            md += f"\nPartial: {len(runs)} of {args.rounds * len(contenders)} runs so far.\n"
+        data = {"meta": meta, "summary": summary, "runs": [asdict(r) for r in runs]}
+        return write(args.suite, when, data, md, out=Path(args.out)), md
+
+    stem, md = save()
     for rnd in range(args.rounds):
-        order = contenders if rnd % 2 == 0 else contenders[::-1]
-        for c in order:
+        for c in (contenders if rnd % 2 == 0 else contenders[::-1]):
             time.sleep(args.gap)
             r = run_once(c, rnd, args.timeout, args.linger, prefix(c))
             runs.append(r)
             print(f"round {rnd} {c.name}: marker {r.to_marker} s, exit {r.to_exit} s "
                   f"(rc {r.returncode}), guest uptime {r.guest_uptime}", flush=True)
-    names = [c.name for c in contenders]
-    summary = summarize(runs, names)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if args.gap:
-        details += f"; {args.gap:g} s of quiet before every run"
-    if args.warmup:
-        details += f"; {args.warmup} unmeasured warm-up round(s) first"
-    meta = {"suite": args.suite, "when": when, "host": platform.node(), "rounds": args.rounds,
-            "details": details, "argv": {c.name: c.argv for c in contenders}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{args.suite}-{when.replace(':', '')}"
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"meta": meta, "summary": summary, "runs": [asdict(r) for r in runs]}, indent=2) + "\n")
-    md = markdown(args.suite, meta, summary, names)
-    stem.with_suffix(".md").write_text(md)
+            stem, md = save()
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
     return 0

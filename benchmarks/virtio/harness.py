@@ -8,14 +8,12 @@ peer/ours where lower is). Called by benchmarks/sidebyside.py for the virtio-* s
 """
 from __future__ import annotations
 
-import json
 import platform
 import statistics
-import time
-import traceback
 from pathlib import Path
 
 from benchmarks import peer_cpus
+from benchmarks.resultfiles import commit, utc_now, write
 from benchmarks.virtio.guestvm import BenchError, GuestProcess
 from benchmarks.virtio.suites import OURS, PEER, SUITES, WORK
 
@@ -87,7 +85,25 @@ def run_suite(name: str, args) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     suite = SUITES[name](args)
     details = suite.setup()
+    when = utc_now()
     runs: list[dict] = []
+    contenders = []
+
+    def save() -> tuple[Path, str]:
+        """The results so far: written after every run, so a run cut short (the lab's
+        hang) leaves what it measured, marked partial."""
+        summary = summarize(suite, runs)
+        done = len(runs) == args.rounds * len(contenders)
+        meta = {"suite": name, "when": when, "host": platform.node(), "rounds": args.rounds,
+                "details": (f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}; "
+                            f"{peer_cpus.describe(args.peer_cpus)}"),
+                "commit": commit(watched=("vmm", "devices", "benchmarks")), "complete": done,
+                "argv": {c: a for c, a, _ in contenders}}
+        md = markdown(suite, meta, summary, runs)
+        if not done:
+            md += f"\nPartial: {len(runs)} of {args.rounds * len(contenders)} runs so far.\n"
+        return write(name, when, {"meta": meta, "summary": summary, "runs": runs}, md, out=Path(args.out)), md
+
     try:
         contenders = suite.contenders()
         for rnd in range(args.rounds):
@@ -97,20 +113,10 @@ def run_suite(name: str, args) -> int:
                 r["round"] = rnd
                 runs.append(r)
                 print(f"round {rnd} {cname}: {r['figures'] or r['error']}", flush=True)
+                save()
     finally:
         suite.teardown()
-    summary = summarize(suite, runs)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    meta = {"suite": name, "when": when, "host": platform.node(), "rounds": args.rounds,
-            "details": (f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}; "
-                        f"{peer_cpus.describe(args.peer_cpus)}"),
-            "argv": {c: a for c, a, _ in contenders}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{name}-{when.replace(':', '')}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2) + "\n")
-    md = markdown(suite, meta, summary, runs)
-    stem.with_suffix(".md").write_text(md)
+    stem, md = save()
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
     return 0 if not any(r["error"] for r in runs) else 1
