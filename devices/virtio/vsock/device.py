@@ -101,15 +101,18 @@ class VsockDevice(VirtioDevice):
             try:
                 if not self._turn(act, deadline):
                     continue
-                # Events that came while the turn ran ride on its interrupt: one more look
-                # without sleeping and one more turn at most. The usual one is a host
-                # client's connect right after it closed its previous stream: the close's
-                # SHUTDOWN and the connect's REQUEST then reach the guest together and its
-                # RST and RESPONSE come back in one kick, where each would otherwise cost
-                # a hand-off between the guest and this thread (on one lab CPU, the guest
-                # runs its interrupt before this thread runs again).
-                registered = self._update_poll(poller, registered)
-                more = poller.poll(0)
+                # After a host peer's close, what came while the turn ran rides on its
+                # interrupt: one more look without sleeping and one more turn at most. The
+                # usual case is a client's connect right after it closed its previous
+                # stream: the close's SHUTDOWN and the connect's REQUEST then reach the
+                # guest together and its RST and RESPONSE come back in one kick, where each
+                # would otherwise cost a hand-off between the guest and this thread (on
+                # one lab CPU, the guest runs its interrupt before this thread runs again).
+                # Other turns skip the look: there it is a poll() that mostly finds nothing.
+                more = None
+                if self.mux.host_closed:
+                    registered = self._update_poll(poller, registered)
+                    more = poller.poll(0)
                 if more:
                     self._dispatch(more, fixed, registered)
                     if self._stopping:
@@ -144,6 +147,7 @@ class VsockDevice(VirtioDevice):
         for: their interrupt rides on the next rx one, or comes TX_IRQ_DELAY later."""
         if deadline is not None and deadline <= time.monotonic():
             self.mux.expire(time.monotonic())
+        self.mux.host_closed = False
         notify = False
         if self._reset_event_pending:
             notify = self._send_reset_event(act)

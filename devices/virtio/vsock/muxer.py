@@ -83,6 +83,7 @@ class Muxer:
         self._tx_skip: tuple[tuple[int, int], int] | None = None  # bytes of the next packet sent
         self.tx_pending = True  # tx packets may wait without a kick (we stopped early)
         self.tx_data = False
+        self.host_closed = False  # a host peer ended its stream in this turn (device._run looks again)
 
     def next_deadline(self) -> float | None:
         return min(self.connecting.values()) if self.connecting else None
@@ -546,6 +547,7 @@ class Muxer:
         then for our RST (one round trip and one interrupt less per closed stream)."""
         self.rx_ready.pop(c.key, None)
         c.host_eof = True
+        self.host_closed = True
         flags = SHUTDOWN_SEND | (SHUTDOWN_RCV if c.host_hup else 0)
         self.control.append(self._hdr(c, OP_SHUTDOWN, 0, flags))
 
