@@ -1,5 +1,6 @@
 """A benchmark's results pair, benchmarks/results/<kind>-<UTC time>.json and .md, and the
-facts each one records about the run: when (UTC), the host, the commit.
+facts each one records about the run: when (UTC), the host, the commit; and the
+nearest-rank percentile their summaries use.
 
     when = utc_now()
     meta = {"when": when, **host_facts(), "commit": commit(watched=("vmm/network",), note="vmm/network modified")}
@@ -17,6 +18,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list: the summaries' p90."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
 
 
 def utc_now() -> str:

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import peer_cpus  # noqa: E402
-from benchmarks.resultfiles import RESULTS, commit, utc_now, write  # noqa: E402
+from benchmarks.resultfiles import RESULTS, commit, percentile, utc_now, write  # noqa: E402
 
 
 @dataclass
@@ -96,13 +96,6 @@ def _guest_uptime(console: str) -> float | None:
     from benchmarks.boot.initramfs import parse_report
 
     return parse_report(console).get("uptime")
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
-    return s[k]
 
 
 def summarize(runs: list[Run], names: list[str]) -> dict:

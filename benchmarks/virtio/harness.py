@@ -13,15 +13,9 @@ import statistics
 from pathlib import Path
 
 from benchmarks import peer_cpus
-from benchmarks.resultfiles import commit, utc_now, write
+from benchmarks.resultfiles import commit, percentile, utc_now, write
 from benchmarks.virtio.guestvm import BenchError, GuestProcess
 from benchmarks.virtio.suites import OURS, PEER, SUITES, WORK
-
-
-def percentile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
-    return s[k]
 
 
 def run_once(suite, name: str, argv: list[str], prefix: tuple, timeout: float) -> dict:

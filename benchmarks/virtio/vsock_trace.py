@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.resultfiles import percentile  # noqa: E402
+
 now = time.monotonic_ns
 
 
@@ -88,11 +90,6 @@ def child(trace: str, argv: list[str]) -> int:
 
     sys.argv = ["mm", *argv]
     return main()
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
 def steps(client: list[tuple[int, int]], log: list) -> dict[str, list[float]]:
@@ -162,7 +159,7 @@ def parent(args) -> int:
     print(f"streams: {streams}")
     for name, xs in steps(client, log).items():
         if xs:
-            print(f"{name:26s} n={len(xs):3d} median {statistics.median(xs):8.3f}  p90 {pct(xs, 0.9):8.3f}")
+            print(f"{name:26s} n={len(xs):3d} median {statistics.median(xs):8.3f}  p90 {percentile(xs, 90):8.3f}")
     return 0
 
 
