@@ -1,6 +1,6 @@
 """A benchmark's results pair, benchmarks/results/<kind>-<UTC time>.json and .md, and the
-facts each one records about the run: when (UTC), the host, the commit; and the
-nearest-rank percentile their summaries use.
+facts each one records about the run: when (UTC), the host, the commit; the nearest-rank
+percentile their summaries use; and `write_progress` for runs that save after every step.
 
     when = utc_now()
     meta = {"when": when, **host_facts(), "commit": commit(watched=("vmm/network",), note="vmm/network modified")}
@@ -59,3 +59,14 @@ def write(kind: str, when: str, data: dict, markdown: str, indent: int = 2, out:
     stem.with_suffix(".json").write_text(json.dumps(data, indent=indent) + "\n")
     stem.with_suffix(".md").write_text(markdown)
     return stem
+
+
+def write_progress(kind: str, when: str, meta: dict, data: dict, markdown: str, done: int, total: int,
+                   out: Path = RESULTS) -> Path:
+    """write() for a run that saves after each of its `total` steps, `done` of them
+    finished so far, so a run cut short (the lab's hang) leaves what it measured: `meta`
+    (also data["meta"]) gets "complete", and an unfinished run's markdown says it is partial."""
+    meta["complete"] = done == total
+    if done != total:
+        markdown += f"\nPartial: {done} of {total} runs so far.\n"
+    return write(kind, when, data, markdown, out=out)

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import peer_cpus  # noqa: E402
-from benchmarks.resultfiles import RESULTS, commit, percentile, utc_now, write  # noqa: E402
+from benchmarks.resultfiles import RESULTS, commit, percentile, utc_now, write_progress  # noqa: E402
 
 
 @dataclass
@@ -258,22 +258,18 @@ def _measure(args, contenders: list[Contender], details: str) -> int:
         r = run_once(c, -1, args.timeout, args.linger, prefix(c))
         print(f"warm-up {c.name}: marker {r.to_marker} s, exit {r.to_exit} s (rc {r.returncode})", flush=True)
     names = [c.name for c in contenders]
-    when = utc_now()
+    meta = {"suite": args.suite, "when": utc_now(), "host": platform.node(), "rounds": args.rounds,
+            "details": details, "commit": commit(watched=("vmm", "devices", "benchmarks")),
+            "argv": {c.name: c.argv for c in contenders}}
     runs: list[Run] = []
 
     def save() -> tuple[Path, str]:
-        """The results so far: written after every run, so a run cut short (the lab's
-        hang) leaves what it measured, marked partial."""
         summary = summarize(runs, names)
-        done = len(runs) == args.rounds * len(contenders)
-        meta = {"suite": args.suite, "when": when, "host": platform.node(), "rounds": args.rounds,
-                "details": details, "commit": commit(watched=("vmm", "devices", "benchmarks")),
-                "complete": done, "argv": {c.name: c.argv for c in contenders}}
         md = markdown(args.suite, meta, summary, names)
-        if not done:
-            md += f"\nPartial: {len(runs)} of {args.rounds * len(contenders)} runs so far.\n"
         data = {"meta": meta, "summary": summary, "runs": [asdict(r) for r in runs]}
-        return write(args.suite, when, data, md, out=Path(args.out)), md
+        stem = write_progress(args.suite, meta["when"], meta, data, md, len(runs), args.rounds * len(contenders),
+                              out=Path(args.out))
+        return stem, md
 
     stem, md = save()
     for rnd in range(args.rounds):

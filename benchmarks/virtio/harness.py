@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import peer_cpus
-from benchmarks.resultfiles import commit, percentile, utc_now, write
+from benchmarks.resultfiles import commit, percentile, utc_now, write_progress
 from benchmarks.virtio.guestvm import BenchError, GuestProcess
 from benchmarks.virtio.suites import OURS, PEER, SUITES, WORK
 
@@ -79,27 +79,24 @@ def run_suite(name: str, args) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     suite = SUITES[name](args)
     details = suite.setup()
-    when = utc_now()
+    meta = {"suite": name, "when": utc_now(), "host": platform.node(), "rounds": args.rounds,
+            "details": (f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}; "
+                        f"{peer_cpus.describe(args.peer_cpus)}"),
+            "commit": commit(watched=("vmm", "devices", "benchmarks"))}
     runs: list[dict] = []
     contenders = []
 
     def save() -> tuple[Path, str]:
-        """The results so far: written after every run, so a run cut short (the lab's
-        hang) leaves what it measured, marked partial."""
         summary = summarize(suite, runs)
-        done = len(runs) == args.rounds * len(contenders)
-        meta = {"suite": name, "when": when, "host": platform.node(), "rounds": args.rounds,
-                "details": (f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}; "
-                            f"{peer_cpus.describe(args.peer_cpus)}"),
-                "commit": commit(watched=("vmm", "devices", "benchmarks")), "complete": done,
-                "argv": {c: a for c, a, _ in contenders}}
         md = markdown(suite, meta, summary, runs)
-        if not done:
-            md += f"\nPartial: {len(runs)} of {args.rounds * len(contenders)} runs so far.\n"
-        return write(name, when, {"meta": meta, "summary": summary, "runs": runs}, md, out=Path(args.out)), md
+        data = {"meta": meta, "summary": summary, "runs": runs}
+        stem = write_progress(name, meta["when"], meta, data, md, len(runs), args.rounds * len(contenders),
+                              out=Path(args.out))
+        return stem, md
 
     try:
         contenders = suite.contenders()
+        meta["argv"] = {c: a for c, a, _ in contenders}
         for rnd in range(args.rounds):
             for cname, argv, prefix in (contenders if rnd % 2 == 0 else contenders[::-1]):
                 confine = peer_cpus.peer_prefix(args.peer_cpus) if cname == PEER else ()

@@ -162,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitStatus.ERROR)
 
 
-
 def entry() -> None:
     """The `mm` executable: main(), then leave() with its status."""
     leave(main())

@@ -48,11 +48,11 @@ from vmm import prepared_ram
 from vmm.fds import close_all_but
 from vmm.jail import channel, libc
 from vmm.jail.config import JailSpec, Limits
-from vmm.timeline import mark
 from vmm.jail.errors import JailError
 from vmm.machines import InvalidTransition, State
 from vmm.machines.layout import MachinePaths
 from vmm.machines.states import LIVE
+from vmm.timeline import mark
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~4 ms of import time; annotations here are strings
