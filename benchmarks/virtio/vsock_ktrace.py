@@ -8,9 +8,8 @@ with a few connects, then records the lab kernel's kvm and sched events (tracefs
 the client makes sequential connects, each bracketed by trace_marker lines. Prints per
 VMM the median per connect of: wall time; the time the VMM's threads were on a CPU
 (sched_switch accounting, QEMU's vhost worker included), the part of it in guest mode
-(kvm_entry to kvm_exit) and the rest, the host side's cost as the lab runs it, which
-vsock_trace.py (ours only, from inside) cannot compare; interrupts injected (the guest's
-timer left out), exits to user space, guest exits and HLT exits. Tracing slows both.
+(kvm_entry to kvm_exit) and the rest, the host side's cost as the lab runs it; interrupts
+injected (the guest's timer left out), exits to user space, guest exits and HLT exits. Tracing slows both.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ once. Being another process, the guest never holds the device's GIL. Reported pe
 phase: wall time, the device thread's CPU time (from /proc) per MiB or per connect,
 interrupts raised and kicks taken. `--strace` attaches `strace -c` to the device thread
 and prints its syscall counts per phase; `--turns` counts the device thread's poll
-wake-ups (loop turns) per phase and what woke them.
+wake-ups (loop turns) per phase and what woke them (the loop's `wake_causes`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
@@ -38,7 +37,6 @@ from devices.virtio.testing import Allocator, EventLoop, FakeGuestMemory, FakeIn
 from devices.virtio.vsock import (  # noqa: E402
     OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, TYPE_STREAM,
 )
-from devices.virtio.vsock import device as vsock_device  # noqa: E402
 from devices.virtio.vsock.device import VsockDevice  # noqa: E402
 from devices.virtio.vsock.packet import HDR, HDR_SIZE  # noqa: E402
 
@@ -48,7 +46,7 @@ RX_BUF = 4096
 GUEST_BUF_ALLOC = 256 * 1024
 TX_PKT = 64 * 1024
 _DESC = struct.Struct("<QIHH")
-TURNS = None  # a TurnCounter with --turns
+TURNS = None  # with --turns: the device loop's Counter of wake-up causes
 
 
 class Ring:
@@ -193,34 +191,6 @@ class LinuxLikeGuest:
             o[1] = -1 << 60  # done
 
 
-class TurnCounter:
-    """Stands in for the device module's `select` (--turns): its poll() counts each
-    wake-up of the device thread by what woke it (queue kicks, listener, streams)."""
-
-    def __init__(self, dev) -> None:
-        self.dev, self.seen = dev, collections.Counter()
-        outer = self
-
-        class Poll:
-            def __init__(self):
-                self.p = select.poll()
-                self.register, self.unregister = self.p.register, self.p.unregister
-
-            def poll(self, timeout=None):
-                r = self.p.poll(timeout)
-                outer.count(r)
-                return r
-        self.ns = types.SimpleNamespace(poll=Poll, POLLIN=select.POLLIN)
-
-    def count(self, ready) -> None:
-        act, mux = self.dev.active, self.dev.mux
-        kicks = {fd: f"kick{i}" for i, fd in enumerate(act.queue_events)} if act else {}
-        what = sorted({kicks.get(fd) or ("listener" if fd == mux.listener.fileno() else
-                                         "client" if fd in mux.clients else
-                                         "wake" if fd == self.dev._wake else "stream") for fd, _ in ready})
-        self.seen["+".join(what) or "timeout"] += 1
-
-
 def thread_user_sys(tid: int) -> tuple[float, float]:
     """User and system seconds of a thread (clock ticks: use over long phases)."""
     f = Path(f"/proc/{os.getpid()}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -260,7 +230,7 @@ class Phase:
         self.m0 = dict(self.dev.metrics.snapshot())
         self.t0, self.c0, self.i0 = time.perf_counter(), thread_cpu(self.tid), self.irq.count
         self.us0 = thread_user_sys(self.tid)
-        self.turns0 = collections.Counter(TURNS.seen) if TURNS else None
+        self.turns0 = collections.Counter(TURNS) if TURNS is not None else None
         return self
 
     def __exit__(self, *exc):
@@ -271,7 +241,7 @@ class Phase:
         self.irqs = self.irq.count - self.i0
         m = self.dev.metrics.snapshot()
         self.delta = {k: m[k] - self.m0.get(k, 0) for k in ("rx_packets", "tx_packets", "credit_updates_sent")}
-        self.turns = collections.Counter(TURNS.seen) - self.turns0 if TURNS else None
+        self.turns = collections.Counter(TURNS) - self.turns0 if TURNS is not None else None
         if self.strace is not None:
             self.strace.send_signal(2)
             self.strace.wait()
@@ -334,13 +304,12 @@ def main() -> int:
     mem = FakeGuestMemory(64 << 20, memfd=True)
     irq = FakeInterrupt()
     dev = VsockDevice(CID, uds)
-    global TURNS
-    if a.turns:
-        TURNS = TurnCounter(dev)
-        vsock_device.select = TURNS.ns
     t = MmioTransport(dev, mem, irq, EventLoop())
     alloc = Allocator(0x1000, mem.size)
     drv = MockDriver(t, mem, queue_size=256, alloc=alloc)
+    global TURNS
+    if a.turns:
+        TURNS = dev._loop.wake_causes = collections.Counter()
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lst.bind(f"{uds}_{PORT}")
     lst.listen()

@@ -454,15 +454,17 @@ def take_connect(int fd, bytes prior=b""):
     return port, (<char *>buf)[nl + 1:total]
 
 
-def accept_connects(int fd):
-    """Accept every pending client on listener `fd` (until EAGAIN, non-blocking and
-    close-on-exec fds) and read each one's CONNECT line at once (take_connect). Returns
-    (clients, bad): clients as (fd, port or CONNECT_PENDING, rest) to keep; clients that
-    were gone or sent a bad line are closed here, `bad` counting the latter. Stops at
-    EAGAIN or any other accept error (poll reports the listener again)."""
-    cdef int c, bad = 0
+def accept_connects(int fd, int limit=-1):
+    """Accept the pending clients on listener `fd` (until EAGAIN, or `limit` of them if
+    that is not -1; non-blocking and close-on-exec fds) and read each one's CONNECT line
+    at once (take_connect). Returns (clients, bad): clients as (fd, port or
+    CONNECT_PENDING, rest) to keep; clients that were gone or sent a bad line are closed
+    here, `bad` counting the latter. Stops at the limit, EAGAIN or any other accept
+    error (poll reports the listener again while clients are pending)."""
+    cdef int c, bad = 0, taken = 0
     out = []
-    while True:
+    while limit < 0 or taken < limit:
+        taken += 1
         c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
         while c < 0 and errno == EINTR:
             c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
@@ -475,6 +477,7 @@ def accept_connects(int fd):
             close(c)
         else:
             out.append((c, port, rest))
+    return out, bad
 
 
 cdef _raise_errno(int err):

@@ -413,11 +413,26 @@ def test_draining_a_full_host_socket_returns_credit_to_the_guest():
     b.close()
 
 
-def test_a_connect_during_a_close_rides_on_its_interrupt(vsock, monkeypatch):
+def test_a_connect_during_a_close_rides_on_its_interrupt(tmp_path, interrupt, loop, queue_cls):
     """A client that connects while the device thread is busy with its previous stream's
     close: the SHUTDOWN and the new REQUEST are both in the rx queue when the interrupt
     for them is raised (one hand-off to the guest, not two)."""
-    dev, g, path = vsock
+    from devices.virtio.vsock.muxer import Muxer
+
+    path = str(tmp_path / "v.sock")
+    clients = []
+
+    class RacingMuxer(Muxer):
+        def _host_eof(self, c):
+            super()._host_eof(c)
+            if not clients:  # the next client arrives while this turn runs
+                clients.append(host_connect(path, 1235))
+
+    dev = VsockDevice(CID, path)
+    dev.mux = RacingMuxer(CID, path, dev.mux.listener, dev.metrics)
+    mem = FakeGuestMemory(64 << 20)
+    t = MmioTransport(dev, mem, interrupt, loop)
+    g = Guest(MockDriver(t, mem, queue_size=256))
     s = host_connect(path, 1234)
     (req, _), = g.recv()
     g.send(OP_RESPONSE, 1234, req.src_port)
@@ -425,15 +440,6 @@ def test_a_connect_during_a_close_rides_on_its_interrupt(vsock, monkeypatch):
     delivered_at_signal = []  # rx packets the device had delivered at each interrupt
     signal_used = dev.active.signal_used
     dev.active.signal_used = lambda q: (delivered_at_signal.append(dev.metrics.rx_packets), signal_used(q))
-    clients = []
-    host_eof = dev.mux._host_eof
-
-    def eof_then_connect(c):
-        host_eof(c)
-        if not clients:  # the next client arrives while this turn runs
-            clients.append(host_connect(path, 1235))
-
-    monkeypatch.setattr(dev.mux, "_host_eof", eof_then_connect)
     before = dev.metrics.rx_packets
     g.rx.set_used_event(g.rx.used_idx())  # EVENT_IDX: the driver wants an interrupt for the next used buffer
     s.close()
@@ -444,3 +450,4 @@ def test_a_connect_during_a_close_rides_on_its_interrupt(vsock, monkeypatch):
         time.sleep(0.001)
     assert delivered_at_signal[0] == before + 2
     clients[0].close()
+    t.close()

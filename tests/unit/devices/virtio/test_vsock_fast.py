@@ -144,6 +144,27 @@ def test_take_connect_on_any_bytes_in_any_pieces(data, cuts):
         b.close()
 
 
+def test_accept_connects_stops_at_its_limit(tmp_path):
+    """A lone client is accepted without a second accept() that would fail (limit 1);
+    the rest of a burst stays in the backlog for the next call."""
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    lst.bind(str(tmp_path / "l.sock"))
+    lst.listen(8)
+    clients = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+    for i, c in enumerate(clients):
+        c.connect(str(tmp_path / "l.sock"))
+        c.sendall(b"CONNECT %d\n" % i)
+    got, bad = _fast.accept_connects(lst.fileno(), 1)
+    assert [port for _, port, _ in got] == [0] and bad == 0
+    rest, _ = _fast.accept_connects(lst.fileno())
+    assert [port for _, port, _ in rest] == [1, 2]
+    for fd, _, _ in got + rest:
+        os.close(fd)
+    for c in clients:
+        c.close()
+    lst.close()
+
+
 def test_accept_connects_takes_every_pending_connection(tmp_path):
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     lst.bind(str(tmp_path / "l.sock"))
@@ -338,7 +359,7 @@ def test_a_credit_starved_stream_is_read_in_the_turn_its_credit_arrives(rig):
 
 
 def test_credit_update_when_the_guest_sees_less_than_half_free():
-    c = Connection(None, 1, 2, ConnState.ESTABLISHED)
+    c = Connection(-1, 1, 2, ConnState.ESTABLISHED)
     assert not c.wants_credit_update()  # nothing drained
     c.fwd_cnt = CONN_BUF_ALLOC // 2  # forwarded half: the guest still sees half free
     assert not c.wants_credit_update()
@@ -351,47 +372,66 @@ def test_credit_update_when_the_guest_sees_less_than_half_free():
     assert c.wants_credit_update()
 
 
-def test_one_interrupt_per_turn(tmp_path, monkeypatch):
+class ScriptedMuxer(Muxer):
+    """A muxer whose process_tx / process_rx report what the test sets in `tx` / `rx`
+    (whether the driver wants an interrupt), for the device loop's interrupt policy."""
+
+    tx = rx = False
+
+    def process_tx(self, act):
+        return self.tx
+
+    def process_rx(self, act):
+        return self.rx
+
+
+def scripted_loop(tmp_path):
+    from devices.virtio.vsock.device_loop import DeviceLoop
+
     dev = VsockDevice(CID, str(tmp_path / "v.sock"))
+    dev.mux = ScriptedMuxer(CID, dev.uds_path, dev.mux.listener, dev.metrics)
+    act = Activated(None, [None, None, None], [-1, -1, -1], EventLoop(), None, lambda e: None)
+    return dev, DeviceLoop(dev, act)
+
+
+def test_one_interrupt_per_turn(tmp_path):
+    dev, loop = scripted_loop(tmp_path)
     signals: list = []
-    act = Activated(None, [None, None, None], [], EventLoop(), None, lambda e: None)
-    monkeypatch.setattr(dev.mux, "process_tx", lambda act: True)
-    monkeypatch.setattr(dev.mux, "process_rx", lambda act: True)
+    dev.mux.tx = dev.mux.rx = True
     dev.mux.tx_pending = dev.mux.tx_data = True
-    signals += [1] if dev._turn(act, None) else []
+    signals += [1] if loop.turn(None) else []
     assert len(signals) == 1
-    monkeypatch.setattr(dev.mux, "process_tx", lambda act: False)
-    monkeypatch.setattr(dev.mux, "process_rx", lambda act: False)
-    signals += [1] if dev._turn(act, None) else []
+    dev.mux.tx = dev.mux.rx = False
+    signals += [1] if loop.turn(None) else []
     assert len(signals) == 1
     dev.close()
 
 
-def test_header_only_tx_completions_ride_on_the_next_rx_interrupt(tmp_path, monkeypatch):
-    from devices.virtio.vsock import device
+def test_header_only_tx_completions_ride_on_the_next_rx_interrupt(tmp_path):
+    from devices.virtio.vsock import device_loop
 
-    dev = VsockDevice(CID, str(tmp_path / "v.sock"))
+    dev, loop = scripted_loop(tmp_path)
+    mux = dev.mux
     signals: list = []
-    act = Activated(None, [None, None, None], [], EventLoop(), None, lambda e: None)
-    rx = [False]
-    monkeypatch.setattr(dev.mux, "process_tx", lambda act: True)
-    monkeypatch.setattr(dev.mux, "process_rx", lambda act: rx[0])
-    dev.mux.tx_pending, dev.mux.tx_data = True, False  # a RESPONSE, say
-    signals += [1] if dev._turn(act, None) else []
-    assert not signals and dev._irq_owed is not None and dev._timeout_ms() <= device.TX_IRQ_DELAY * 1000 + 1
-    rx[0] = True  # the next turn has rx used buffers: one interrupt for both
-    signals += [1] if dev._turn(act, None) else []
-    assert len(signals) == 1 and dev._irq_owed is None
-    rx[0] = False
-    dev._turn(act, None)  # deferred again...
+    mux.tx, mux.rx = True, False
+    mux.tx_pending, mux.tx_data = True, False  # a RESPONSE, say
+    signals += [1] if loop.turn(None) else []
+    assert not signals and loop.irq_owed is not None and loop.timeout_ms(None) <= device_loop.TX_IRQ_DELAY * 1000 + 1
+    mux.rx = True  # the next turn has rx used buffers: one interrupt for both
+    mux.tx_pending = True
+    signals += [1] if loop.turn(None) else []
+    assert len(signals) == 1 and loop.irq_owed is None
+    mux.rx = False
+    mux.tx_pending = True
+    loop.turn(None)  # deferred again...
     assert len(signals) == 1
-    monkeypatch.setattr(dev.mux, "process_tx", lambda act: False)
-    dev._irq_owed -= 1  # ...until its time is up: a turn with nothing else raises it
-    signals += [1] if dev._turn(act, None) else []
-    assert len(signals) == 2 and dev._irq_owed is None
-    dev.mux.tx_data = True  # tx that moved stream data is never deferred
-    monkeypatch.setattr(dev.mux, "process_tx", lambda act: True)
-    signals += [1] if dev._turn(act, None) else []
+    mux.tx = False
+    loop.irq_owed -= 1  # ...until its time is up: a turn with nothing else raises it
+    signals += [1] if loop.turn(None) else []
+    assert len(signals) == 2 and loop.irq_owed is None
+    mux.tx_data = True  # tx that moved stream data is never deferred
+    mux.tx = mux.tx_pending = True
+    signals += [1] if loop.turn(None) else []
     assert len(signals) == 3
     dev.close()
 

@@ -8,8 +8,6 @@ minus the fwd_cnt we last told it) falls below half the buffer: a guest sending 
 packets into 256 KiB hears once per ~192 KiB, before it runs dry, and each update costs
 the guest an interrupt.
 """
-from __future__ import annotations
-
 import enum
 import os
 
@@ -21,17 +19,13 @@ class ConnState(enum.Enum):
     ESTABLISHED = "established"
 
 
-class Connection:
+cdef class Connection:
     """A stream on host socket `fd` (a raw fd, owned: no socket object, whose creation
     costs a getsockname() per connect); `local_port` is the host-side port, `peer_port`
-    the guest's, `key` the two (fixed for the stream's life: a plain attribute, as the
-    device thread looks at it several times per stream and turn)."""
+    the guest's, `key` the two (fixed for the stream's life). A compiled class: the
+    device thread reads its fields several times per stream and turn (connection.pxd)."""
 
-    __slots__ = ("fd", "local_port", "peer_port", "key", "state", "buf_alloc", "fwd_cnt", "last_fwd_cnt_sent",
-                 "rx_cnt", "peer_buf_alloc", "peer_fwd_cnt", "tx_buf", "peer_shutdown", "host_eof", "host_hup",
-                 "shut_wr_pending", "rx_prefix")
-
-    def __init__(self, fd: int, local_port: int, peer_port: int, state: ConnState) -> None:
+    def __init__(self, int fd, unsigned int local_port, unsigned int peer_port, state) -> None:
         self.fd = fd
         self.local_port, self.peer_port = local_port, peer_port
         self.key = (local_port, peer_port)
@@ -49,20 +43,22 @@ class Connection:
         self.shut_wr_pending = False
         self.rx_prefix = b""  # host bytes read with the CONNECT line, for the guest before the socket's
 
-    def update_peer_credit(self, buf_alloc: int, fwd_cnt: int) -> None:
+    cpdef update_peer_credit(self, unsigned int buf_alloc, unsigned int fwd_cnt):
         self.peer_buf_alloc, self.peer_fwd_cnt = buf_alloc, fwd_cnt
 
-    def peer_credit(self) -> int:
+    cpdef long long peer_credit(self):
         """Bytes we may still send to the guest."""
-        in_flight = (self.rx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF
-        return max(0, self.peer_buf_alloc - in_flight)
+        cdef unsigned int in_flight = self.rx_cnt - self.peer_fwd_cnt  # u32 arithmetic
+        cdef long long credit = <long long>self.peer_buf_alloc - in_flight
+        return credit if credit > 0 else 0
 
-    def unforwarded(self) -> int:
+    cpdef Py_ssize_t unforwarded(self):
         return len(self.tx_buf)
 
-    def send_to_host(self, views: list) -> bool:
+    cpdef bint send_to_host(self, list views):
         """Pass guest data on to the host socket, buffering what it cannot take now.
         Returns False if the host socket failed (the stream must be reset)."""
+        cdef Py_ssize_t sent
         if self.tx_buf:
             for v in views:
                 self.tx_buf += v
@@ -82,8 +78,9 @@ class Connection:
             sent = 0
         return True
 
-    def flush(self) -> bool:
+    cpdef bint flush(self):
         """Write buffered guest data to the host socket; False on a socket error."""
+        cdef Py_ssize_t n
         if self.tx_buf:
             try:
                 n = _fast.send_bytes(self.fd, self.tx_buf)
@@ -98,13 +95,14 @@ class Connection:
             _fast.shutdown_wr(self.fd)
         return True
 
-    def close(self) -> None:
-        if self.fd is not None and self.fd >= 0:
+    cpdef close(self):
+        if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def wants_credit_update(self) -> bool:
+    cpdef bint wants_credit_update(self):
+        cdef long long unacked
         if self.fwd_cnt == self.last_fwd_cnt_sent:
             return False  # nothing drained since the guest last heard
-        unacked = self.fwd_cnt + len(self.tx_buf) - self.last_fwd_cnt_sent  # in the guest's eyes
-        return self.buf_alloc - unacked < self.buf_alloc // 2
+        unacked = <long long>(self.fwd_cnt - self.last_fwd_cnt_sent) + len(self.tx_buf)  # in the guest's eyes
+        return <long long>self.buf_alloc - unacked < self.buf_alloc // 2

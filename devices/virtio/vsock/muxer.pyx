@@ -6,8 +6,10 @@ queue eventfds, the listener and every stream socket; take the guest's tx packet
 control packets first and stream data after, never beyond a stream's peer credit. A
 socket is only polled for input while the guest has credit and rx buffers for it, so a
 slow guest back-pressures the host peer instead of growing our memory.
+
+Compiled (muxer.pxd types its state): under the lab's emulated CPU each bytecode the
+device thread ran per connect cost the guest's peer time, so the control path is C.
 """
-from __future__ import annotations
 
 import collections
 import itertools
@@ -25,10 +27,12 @@ from . import (
     TX_QUEUE, TYPE_STREAM, VsockError,
 )
 from . import _fast
-from .connection import Connection, ConnState
+from devices.virtio.vsock.connection cimport Connection
+
+from .connection import ConnState
 from .packet import HDR, HDR_SIZE, Header
 
-POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
+cdef int POLLIN = select.POLLIN, POLLOUT = select.POLLOUT, POLLHUP = select.POLLHUP, POLLERR = select.POLLERR
 MAX_STREAMS = 2048
 MAX_PENDING_CONTROL = 4096  # stop reading tx while this many replies wait for rx buffers
 # Seconds a host-initiated stream waits for the guest's RESPONSE. A guest without a
@@ -61,7 +65,19 @@ def open_listener(path: str) -> socket.socket:
     return s
 
 
-class Muxer:
+cdef object ESTABLISHED = ConnState.ESTABLISHED, CONNECTING = ConnState.CONNECTING
+cdef object _HDR_PACK = HDR.pack
+# _tx_turn_fast() / _rx_fast() results
+cdef enum:
+    T_AGAIN = 0   # packets were taken: go on
+    T_EMPTY = 1   # the queue is empty
+    T_PYTHON = 2  # the next chain is for the generic path (pop())
+    R_DONE = 0    # nothing more is ready
+    R_NO_ROOM = 1  # the guest must post rx buffers
+    R_PYTHON = 2
+
+
+cdef class Muxer:
     """Streams, pending host clients and queued control packets of one device."""
 
     def __init__(self, guest_cid: int, uds_path: str, listener: socket.socket, metrics) -> None:
@@ -69,26 +85,31 @@ class Muxer:
         self.listener = listener
         self.listener_fd = listener.fileno()
         self.metrics = metrics
-        self.conns: dict[tuple[int, int], Connection] = {}
-        self._local_ports: dict[int, int] = {}  # host port -> its streams (no O(n) scan)
-        self.by_fd: dict[int, Connection] = {}
-        self.clients: dict[int, bytes] = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
-        self.fresh: list[int] = []  # clients accepted this turn before their line came (see retry_fresh)
-        self.control: collections.deque[bytes] = collections.deque()  # packed headers for the guest
-        self.rx_ready: dict[tuple[int, int], Connection] = {}
+        self.conns = {}  # (local port, peer port) -> Connection
+        self._local_ports = {}  # host port -> its streams (no O(n) scan)
+        self.by_fd = {}
+        self.clients = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
+        self.fresh = []  # clients accepted this turn before their line came (see retry_fresh)
+        self.control = collections.deque()  # packed headers for the guest
+        self.rx_ready = {}
         self.rx_room = True
         self.next_port = FIRST_LOCAL_PORT
-        self.connecting: dict[tuple[int, int], float] = {}  # host-initiated stream -> deadline
-        self._tx_hint: tuple[int, int] | None = None  # stream of the last RW packet (C path)
-        self._tx_skip: tuple[tuple[int, int], int] | None = None  # bytes of the next packet sent
+        self.connecting = {}  # host-initiated stream -> deadline
+        self._tx_hint = None  # stream of the last RW packet (C path)
+        self._tx_skip = None  # (stream, bytes of the next packet sent)
         self.tx_pending = True  # tx packets may wait without a kick (we stopped early)
         self.tx_data = False
-        self.host_closed = False  # a host peer ended its stream in this turn (device._run looks again)
+        self.host_closed = False  # a host peer ended its stream in this turn (device_loop looks again)
+        # Accept every pending client (until EAGAIN) when the listener is ready, or only
+        # one. The device loop asks for one unless the listener was ready at its previous
+        # wake-up too: a lone client (the usual connect) then costs no accept() that
+        # fails with EAGAIN, and a burst is taken whole from its second wake-up on.
+        self.accept_burst = True
 
-    def next_deadline(self) -> float | None:
+    cpdef object next_deadline(self):
         return min(self.connecting.values()) if self.connecting else None
 
-    def expire(self, now: float) -> None:
+    cpdef expire(self, double now):
         """Give up on host-initiated streams the guest never answered (no listener)."""
         for key, deadline in list(self.connecting.items()):
             if deadline <= now:
@@ -96,30 +117,32 @@ class Muxer:
                 self._reset(self.conns[key])
 
     # -- poll interest ---------------------------------------------------------------
-    def interest(self) -> dict[int, int]:
+    cpdef dict interest(self):
         """fd -> poll mask for every socket that has one right now (the others: nothing to wait for)."""
-        want = dict.fromkeys(self.clients, POLLIN)
+        cdef Connection c
+        cdef int mask
+        cdef dict want = dict.fromkeys(self.clients, POLLIN)
         want[self.listener_fd] = POLLIN
-        rx_room, rx_ready, established = self.rx_room, self.rx_ready, ConnState.ESTABLISHED
-        for fd, c in self.by_fd.items():
+        for c in self.by_fd.values():
             mask = 0
-            if (rx_room and c.state is established and not c.host_eof
-                    and c.key not in rx_ready and c.peer_credit() > 0):
+            if (self.rx_room and c.state is ESTABLISHED and not c.host_eof
+                    and c.key not in self.rx_ready and c.peer_credit() > 0):
                 mask = POLLIN
             if c.tx_buf or c.shut_wr_pending:
                 mask |= POLLOUT
             if mask:
-                want[fd] = mask
+                want[c.fd] = mask
         return want
 
-    def on_ready(self, fd: int, events: int) -> None:
+    cpdef on_ready(self, int fd, int events):
+        cdef Connection c
         if fd == self.listener_fd:
             self._accept()
         elif fd in self.clients:
             self._read_connect_line(fd)
         elif fd in self.by_fd:
             c = self.by_fd[fd]
-            if events & select.POLLOUT:
+            if events & POLLOUT:
                 if not c.flush():
                     self._reset(c)
                     return
@@ -130,19 +153,19 @@ class Muxer:
                 # told what drained: without this update both ends would wait forever.
                 if c.wants_credit_update():
                     self._credit_update(c)
-            if events & select.POLLHUP:
+            if events & POLLHUP:
                 c.host_hup = True
-            if (events & (select.POLLIN | select.POLLHUP | select.POLLERR)
-                    and c.state is ConnState.ESTABLISHED and not c.host_eof):
+            if events & (POLLIN | POLLHUP | POLLERR) and c.state is ESTABLISHED and not c.host_eof:
                 self.rx_ready[c.key] = c
 
     # -- host side: new streams ------------------------------------------------------
-    def _accept(self) -> None:
-        # In C: every pending client accepted and, as a client usually sends `CONNECT
-        # <port>` with its connect, its line read at once rather than a poll round later
-        # (connect latency); hopeless clients are already closed there.
-        clients, bad = _fast.accept_connects(self.listener_fd)
-        self.metrics.connect_failures += bad
+    cdef _accept(self):
+        # In C: the pending clients accepted and, as a client usually sends `CONNECT
+        # <port>` with its connect, each one's line read at once rather than a poll round
+        # later (connect latency); hopeless clients are already closed there.
+        clients, bad = _fast.accept_connects(self.listener_fd, -1 if self.accept_burst else 1)
+        if bad:
+            self.metrics.connect_failures += bad
         for fd, port, rest in clients:
             if port == _fast.CONNECT_PENDING:
                 self.clients[fd] = rest
@@ -150,7 +173,7 @@ class Muxer:
             else:
                 self._connect_client(fd, port, rest)
 
-    def retry_fresh(self) -> None:
+    cpdef retry_fresh(self):
         """Look once more, late in the turn, at clients accepted in it before their line
         came: a client writes it just after its connect, and the device thread often wakes
         in between. Found now, its REQUEST leaves with this turn's interrupt instead of
@@ -160,7 +183,7 @@ class Muxer:
             if fd in self.clients:
                 self._read_connect_line(fd)
 
-    def _read_connect_line(self, fd: int) -> None:
+    cdef _read_connect_line(self, int fd):
         """More of a pending client's line (poll said it is readable)."""
         port, rest = _fast.take_connect(fd, self.clients[fd])
         if port == _fast.CONNECT_PENDING:
@@ -174,14 +197,15 @@ class Muxer:
             return
         self._connect_client(fd, port, rest)
 
-    def _connect_client(self, fd: int, port: int, rest: bytes) -> None:
+    cdef _connect_client(self, int fd, long long port, bytes rest):
         """Client `fd` asked for guest port `port`: REQUEST it (`rest`: stream bytes
         that came with the line, for the guest once it answers)."""
+        cdef Connection c
         if len(self.conns) >= MAX_STREAMS:
             self.metrics.connect_failures += 1
             os.close(fd)
             return
-        c = Connection(fd, self._alloc_port(), port, ConnState.CONNECTING)
+        c = Connection(fd, self._alloc_port(), port, CONNECTING)
         c.rx_prefix = rest
         self.connecting[c.key] = time.monotonic() + CONNECT_TIMEOUT
         self._add(c)
@@ -192,20 +216,21 @@ class Muxer:
         if self.clients.pop(fd, None) is not None:
             os.close(fd)
 
-    def _alloc_port(self) -> int:
+    cpdef unsigned long long _alloc_port(self):
+        cdef unsigned long long port
         while True:
             port = self.next_port
             self.next_port = FIRST_LOCAL_PORT if self.next_port >= 0xFFFFFFFF else self.next_port + 1
             if port not in self._local_ports:
                 return port
 
-    def _add(self, c: Connection) -> None:
+    cpdef _add(self, Connection c):
         self.conns[c.key] = c
         self._local_ports[c.local_port] = self._local_ports.get(c.local_port, 0) + 1
         self.by_fd[c.fd] = c
         self.metrics.open_streams = len(self.conns)
 
-    def _remove(self, c: Connection) -> None:
+    cpdef _remove(self, Connection c):
         if self.conns.pop(c.key, None) is not None:
             left = self._local_ports[c.local_port] - 1
             if left:
@@ -218,46 +243,48 @@ class Muxer:
         c.close()
         self.metrics.open_streams = len(self.conns)
 
-    def _reset(self, c: Connection) -> None:
+    cdef _reset(self, Connection c):
         """Tear a stream down and tell the guest."""
         self.control.append(self._hdr(c, OP_RST))
         self.metrics.resets_sent += 1
         self._remove(c)
 
-    def _hdr(self, c: Connection, op: int, length: int = 0, flags: int = 0) -> bytes:
+    cdef bytes _hdr(self, Connection c, int op, unsigned int length=0, unsigned int flags=0):
         """A packed header of stream `c` (packed at once: the queue takes bytes)."""
-        if op in (OP_CREDIT_UPDATE, OP_RW, OP_RESPONSE, OP_REQUEST):
+        if op == OP_CREDIT_UPDATE or op == OP_RW or op == OP_RESPONSE or op == OP_REQUEST:
             c.last_fwd_cnt_sent = c.fwd_cnt
-        return HDR.pack(HOST_CID, self.guest_cid, c.local_port, c.peer_port, length, TYPE_STREAM, op, flags,
-                        c.buf_alloc & 0xFFFFFFFF, c.fwd_cnt & 0xFFFFFFFF)
+        return _HDR_PACK(HOST_CID, self.guest_cid, c.local_port, c.peer_port, length, TYPE_STREAM, op, flags,
+                         c.buf_alloc, c.fwd_cnt & 0xFFFFFFFF)
 
-    def _rst_for(self, h: Header) -> None:
+    cdef _rst_to(self, unsigned int src_port, unsigned int dst_port):
+        """RST for a packet from guest port `src_port` to host port `dst_port` that has no stream."""
         self.metrics.resets_sent += 1
-        self.control.append(HDR.pack(HOST_CID, self.guest_cid, h.dst_port, h.src_port, 0, TYPE_STREAM, OP_RST,
-                                     0, CONN_BUF_ALLOC, 0))
+        self.control.append(_HDR_PACK(HOST_CID, self.guest_cid, dst_port, src_port, 0, TYPE_STREAM, OP_RST,
+                                      0, CONN_BUF_ALLOC, 0))
 
     # -- guest → host (tx queue) -----------------------------------------------------
     def _count_invalid_packet(self) -> None:
         self.metrics.invalid_packets += 1
 
-    def process_tx(self, act) -> bool:
+    cpdef bint process_tx(self, act) except? -1:
         """Take the guest's tx packets. True if the driver wants an interrupt for them
         (the caller raises one for the whole turn: virtio-mmio has one line)."""
+        cdef int how
         q = act.queues[TX_QUEUE]
         if q is None:
             return False
-        fast = isinstance(q, _queue.SplitQueue)
+        cdef bint fast = isinstance(q, _queue.SplitQueue)
         self.tx_pending = False
-        self.tx_data = False  # whether this call moved stream data (see device._turn)
+        self.tx_data = False  # whether this call moved stream data (see device_loop)
         while True:
             if len(self.control) >= MAX_PENDING_CONTROL:
                 self.tx_pending = True  # resumed once the guest has taken our replies
                 break
             if fast:
                 how = self._tx_turn_fast(q)
-                if how == "again":
+                if how == T_AGAIN:
                     continue
-                if how == "empty":
+                if how == T_EMPTY:
                     break
             chain = pop_valid(q, self._count_invalid_packet)
             if chain is None:
@@ -266,36 +293,39 @@ class Muxer:
             q.add_used(chain.head, 0)
         return q.needs_notification()
 
-    def _tx_turn_fast(self, q) -> str:
-        """The C paths of one tx turn: "again" if packets were taken, "empty" if the queue
-        is, "python" to leave the next packet to pop() (a partly sent packet's rest, a
+    cdef int _tx_turn_fast(self, q) except -1:
+        """The C paths of one tx turn: T_AGAIN if packets were taken, T_EMPTY if the queue
+        is, T_PYTHON to leave the next packet to pop() (a partly sent packet's rest, a
         chain the C side does not take)."""
         if self._tx_fast(q):
-            return "again"
+            return T_AGAIN
         if self._tx_skip is not None:
-            return "python"  # the rest of a packet the socket took in part: buffered there
+            return T_PYTHON  # the rest of a packet the socket took in part: buffered there
         room = min(64, MAX_PENDING_CONTROL - len(self.control))
         stop, headers, ports = _fast.tx_headers(q, room)
-        for fields in headers:
-            self._tx_header(Header(*fields), None)
+        for f in headers:
+            self._tx_header(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], None)
         if headers:
             # An empty queue after them needs no second look: its avail_event is already
             # published (consume), so the guest kicks for whatever it adds next.
-            return "empty" if stop == _fast.STOP_EMPTY else "again"
+            return T_EMPTY if stop == _fast.STOP_EMPTY else T_AGAIN
         if stop == _fast.STOP_EMPTY:
-            return "empty"
+            return T_EMPTY
         if stop == _fast.STOP_DATA and self._tx_hint != (ports[1], ports[0]):
             self._tx_hint = (ports[1], ports[0])  # data of another stream: its C path
             if self._tx_fast(q):
-                return "again"
-        return "python"
+                return T_AGAIN
+        return T_PYTHON
 
-    def _tx_fast(self, q) -> bool:
+    cdef bint _tx_fast(self, q) except? -1:
         """RW packets of the stream the last one belonged to, sent to its socket in C
         (_fast.tx_stream). True if any were consumed; False leaves the next packet to
         the Python path (another stream or op, a socket that took a packet in part)."""
-        c = self.conns.get(self._tx_hint) if self._tx_hint is not None else None
-        if c is None or c.state is not ConnState.ESTABLISHED or c.tx_buf or c.shut_wr_pending:
+        cdef Connection c
+        if self._tx_hint is None:
+            return False
+        c = self.conns.get(self._tx_hint)
+        if c is None or c.state is not ESTABLISHED or c.tx_buf or c.shut_wr_pending:
             return False
         stop, packets, nbytes, partial, buf_alloc, fwd_cnt = _fast.tx_stream(
             q, c.fd, self.guest_cid, c.peer_port, c.local_port, c.buf_alloc)
@@ -313,7 +343,7 @@ class Muxer:
             return False
         return packets > 0
 
-    def _tx_packet(self, chain) -> None:
+    cdef _tx_packet(self, chain):
         if chain.readable_len < HDR_SIZE:
             self.metrics.invalid_packets += 1
             return
@@ -321,50 +351,55 @@ class Muxer:
         if h.len > chain.readable_len - HDR_SIZE:
             self.metrics.invalid_packets += 1
             if h.op != OP_RST:
-                self._rst_for(h)
+                self._rst_to(h.src_port, h.dst_port)
             return
-        self._tx_header(h, chain)
+        self._tx_header(h.src_cid, h.dst_cid, h.src_port, h.dst_port, h.len, h.type, h.op, h.flags,
+                        h.buf_alloc, h.fwd_cnt, chain)
 
-    def _tx_header(self, h: Header, chain) -> None:
-        """One tx packet; `chain` holds its payload (None: a header-only packet)."""
-        if h.src_cid != self.guest_cid or h.dst_cid != HOST_CID or h.type != TYPE_STREAM:
+    cdef _tx_header(self, unsigned long long src_cid, unsigned long long dst_cid, unsigned int src_port,
+                    unsigned int dst_port, unsigned int length, unsigned int type_, unsigned int op,
+                    unsigned int flags, unsigned int buf_alloc, unsigned int fwd_cnt, chain):
+        """One tx packet's header fields; `chain` holds its payload (None: a header-only packet)."""
+        cdef Connection c
+        if src_cid != self.guest_cid or dst_cid != HOST_CID or type_ != TYPE_STREAM:
             self.metrics.invalid_packets += 1
-            if h.op != OP_RST:
-                self._rst_for(h)
+            if op != OP_RST:
+                self._rst_to(src_port, dst_port)
             return
         self.metrics.tx_packets += 1
-        c = self.conns.get((h.dst_port, h.src_port))
-        if h.op == OP_REQUEST:
+        c = self.conns.get((dst_port, src_port))
+        if op == OP_REQUEST:
             if c is not None:
-                self._rst_for(h)
+                self._rst_to(src_port, dst_port)
             else:
-                self._guest_connect(h)
+                self._guest_connect(src_port, dst_port, buf_alloc, fwd_cnt)
             return
         if c is None:
-            if h.op != OP_RST:
-                self._rst_for(h)
+            if op != OP_RST:
+                self._rst_to(src_port, dst_port)
             return
-        if h.op == OP_RST:
+        if op == OP_RST:
             self._remove(c)  # gone: its credit fields no longer matter
             return
-        self._peer_credit(c, h.buf_alloc, h.fwd_cnt)
-        self._tx_op(c, h, chain)
+        self._peer_credit(c, buf_alloc, fwd_cnt)
+        self._tx_op(c, op, length, flags, chain)
 
-    def _peer_credit(self, c: Connection, buf_alloc: int, fwd_cnt: int) -> None:
+    cdef _peer_credit(self, Connection c, unsigned int buf_alloc, unsigned int fwd_cnt):
         """The guest's credit fields; a stream that had run out reads its socket this very
         turn (it was left out of the poll set, so waiting for poll would cost a turn)."""
-        starved = c.peer_credit() <= 0
+        cdef bint starved = c.peer_credit() <= 0
         c.update_peer_credit(buf_alloc, fwd_cnt)
-        if starved and c.state is ConnState.ESTABLISHED and not c.host_eof and c.peer_credit() > 0:
+        if starved and c.state is ESTABLISHED and not c.host_eof and c.peer_credit() > 0:
             self.rx_ready[c.key] = c
 
-    def _tx_op(self, c: Connection, h: Header, chain) -> None:
+    cdef _tx_op(self, Connection c, unsigned int op, unsigned int length, unsigned int flags, chain):
         """Any op but REQUEST and RST (_tx_header took those) on existing stream `c`."""
-        if h.op == OP_RESPONSE:
-            if c.state is not ConnState.CONNECTING:
+        cdef unsigned int skip
+        if op == OP_RESPONSE:
+            if c.state is not CONNECTING:
                 self._reset(c)
                 return
-            c.state = ConnState.ESTABLISHED
+            c.state = ESTABLISHED
             self.connecting.pop(c.key, None)
             try:
                 _fast.send_bytes(c.fd, b"OK %d\n" % c.local_port)
@@ -373,35 +408,35 @@ class Muxer:
                 return
             if c.rx_prefix:
                 self.rx_ready[c.key] = c  # what came with the CONNECT line goes first
-        elif h.op == OP_RW:
-            if c.state is not ConnState.ESTABLISHED or h.len > c.buf_alloc - c.unforwarded():
+        elif op == OP_RW:
+            if c.state is not ESTABLISHED or length > c.buf_alloc - c.unforwarded():
                 self._reset(c)  # data before the handshake, or beyond the credit we gave
                 return
-            self.metrics.tx_bytes += h.len
+            self.metrics.tx_bytes += length
             self.tx_data = True
             skip = 0
             if self._tx_skip is not None and self._tx_skip[0] == c.key:
-                skip = min(self._tx_skip[1], h.len)  # sent by the C path already
+                skip = min(self._tx_skip[1], length)  # sent by the C path already
             self._tx_skip = None
             self._tx_hint = c.key
-            views = chain.readable_views(HDR_SIZE + skip, h.len - skip) if h.len else []
+            views = chain.readable_views(HDR_SIZE + skip, length - skip) if length else []
             if not c.send_to_host(views):
                 self._reset(c)
                 return
             if c.wants_credit_update():
                 self._credit_update(c)
-        elif h.op == OP_CREDIT_REQUEST:
+        elif op == OP_CREDIT_REQUEST:
             self._credit_update(c)
-        elif h.op == OP_SHUTDOWN:
-            self._guest_shutdown(c, h.flags)
-        elif h.op != OP_CREDIT_UPDATE:
+        elif op == OP_SHUTDOWN:
+            self._guest_shutdown(c, flags)
+        elif op != OP_CREDIT_UPDATE:
             self._reset(c)
 
-    def _credit_update(self, c: Connection) -> None:
+    cdef _credit_update(self, Connection c):
         self.metrics.credit_updates_sent += 1
         self.control.append(self._hdr(c, OP_CREDIT_UPDATE))
 
-    def _guest_shutdown(self, c: Connection, flags: int) -> None:
+    cdef _guest_shutdown(self, Connection c, unsigned int flags):
         c.peer_shutdown |= flags & (SHUTDOWN_RCV | SHUTDOWN_SEND)
         if flags & SHUTDOWN_SEND:
             c.shut_wr_pending = True
@@ -411,31 +446,35 @@ class Muxer:
                 return  # its data is not all out yet: on_ready() resets once it is
             self._reset(c)  # the guest is done both ways: RST completes the close
 
-    def _guest_connect(self, h: Header) -> None:
+    cdef _guest_connect(self, unsigned int src_port, unsigned int dst_port, unsigned int buf_alloc,
+                        unsigned int fwd_cnt):
+        cdef Connection c
+        cdef int fd
         if len(self.conns) >= MAX_STREAMS:
             self.metrics.connect_failures += 1
-            self._rst_for(h)
+            self._rst_to(src_port, dst_port)
             return
         try:
-            fd = _fast.connect_unix(os.fsencode(f"{self.uds_path}_{h.dst_port}"))
+            fd = _fast.connect_unix(os.fsencode(f"{self.uds_path}_{dst_port}"))
         except OSError:
             self.metrics.connect_failures += 1
-            self._rst_for(h)
+            self._rst_to(src_port, dst_port)
             return
-        c = Connection(fd, h.dst_port, h.src_port, ConnState.ESTABLISHED)
-        c.update_peer_credit(h.buf_alloc, h.fwd_cnt)
+        c = Connection(fd, dst_port, src_port, ESTABLISHED)
+        c.update_peer_credit(buf_alloc, fwd_cnt)
         self._add(c)
         self.metrics.guest_connects += 1
         self.control.append(self._hdr(c, OP_RESPONSE))
 
     # -- host → guest (rx queue) -----------------------------------------------------
-    def process_rx(self, act) -> bool:
+    cpdef bint process_rx(self, act) except? -1:
         """Fill the guest's rx buffers: control packets, then stream data. True if the
         driver wants an interrupt for them."""
+        cdef int how, sent
         q = act.queues[RX_QUEUE]
         if q is None or not (self.control or self.rx_ready):
             return False
-        fast = isinstance(q, _queue.SplitQueue)
+        cdef bint fast = isinstance(q, _queue.SplitQueue)
         while self.control or self.rx_ready:
             if fast and self.control:
                 sent = _fast.rx_control(q, list(itertools.islice(self.control, 64)))
@@ -446,10 +485,10 @@ class Muxer:
                     continue
             elif fast:
                 how = self._rx_fast(q)
-                if how == "no-room":
+                if how == R_NO_ROOM:
                     self.rx_room = False
                     break
-                if how == "done":
+                if how == R_DONE:
                     continue
             chain = pop_valid(q, self._count_invalid_packet)
             if chain is None:
@@ -467,20 +506,22 @@ class Muxer:
             self.metrics.rx_packets += 1
         return q.needs_notification()
 
-    def _rx_fast(self, q) -> str:
+    cdef int _rx_fast(self, q) except -1:
         """Stream data for the guest in C (_fast.rx_stream), stream by stream, within each
-        stream's credit. "done": nothing more is ready; "no-room": the guest must post
-        buffers; "python": the first ready stream needs the Python path (EOF, an error,
+        stream's credit. R_DONE: nothing more is ready; R_NO_ROOM: the guest must post
+        buffers; R_PYTHON: the first ready stream needs the generic path (EOF, an error,
         a chain the C path does not take)."""
+        cdef Connection c
+        cdef long long credit
         for key, c in list(self.rx_ready.items()):
             credit = c.peer_credit()
             if credit <= 0:
                 del self.rx_ready[key]
                 continue
             if c.rx_prefix:
-                return "python"  # bytes that came with the CONNECT line: _fill() sends them
-            header = HDR.pack(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, TYPE_STREAM, OP_RW, 0,
-                              c.buf_alloc & 0xFFFFFFFF, c.fwd_cnt & 0xFFFFFFFF)
+                return R_PYTHON  # bytes that came with the CONNECT line: _fill() sends them
+            header = _HDR_PACK(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, TYPE_STREAM, OP_RW, 0,
+                               c.buf_alloc, c.fwd_cnt & 0xFFFFFFFF)
             stop, packets, got = _fast.rx_stream(q, c.fd, header, credit)
             if packets:
                 c.last_fwd_cnt_sent = c.fwd_cnt  # the guest learnt our fwd_cnt from these
@@ -488,21 +529,22 @@ class Muxer:
                 self.metrics.rx_bytes += got
                 self.metrics.rx_packets += packets
             if stop == _fast.STOP_EMPTY:
-                return "no-room"
-            if stop in (_fast.STOP_BLOCKED, _fast.STOP_CREDIT):
+                return R_NO_ROOM
+            if stop == _fast.STOP_BLOCKED or stop == _fast.STOP_CREDIT:
                 del self.rx_ready[key]
                 continue
             if stop == _fast.STOP_EOF:
                 self._host_eof(c)
-                return "done"  # the SHUTDOWN waits in `control`
+                return R_DONE  # the SHUTDOWN waits in `control`
             if stop == _fast.STOP_ERROR:
                 self._reset(c)
-                return "done"
-            return "python"
-        return "done"
+                return R_DONE
+            return R_PYTHON
+        return R_DONE
 
-    def _fill(self, chain) -> int | None:
+    cdef object _fill(self, chain):
         """Write one packet into `chain`; None if nothing could be sent after all."""
+        cdef Connection c
         if self.control:
             chain.write(0, self.control.popleft())
             return HDR_SIZE
@@ -539,7 +581,7 @@ class Muxer:
             return HDR_SIZE + got
         return None
 
-    def _host_eof(self, c: Connection) -> None:
+    cpdef _host_eof(self, Connection c):
         """The host end sends no more. If it only half-closed it may still read:
         SHUTDOWN(SEND). If it closed its socket (POLLHUP) it reads nothing either:
         SHUTDOWN(SEND|RCV), as a Linux host's own vsock close() sends, so the guest's
@@ -551,7 +593,7 @@ class Muxer:
         flags = SHUTDOWN_SEND | (SHUTDOWN_RCV if c.host_hup else 0)
         self.control.append(self._hdr(c, OP_SHUTDOWN, 0, flags))
 
-    def close_streams(self) -> None:
+    cpdef close_streams(self):
         """Drop every stream and pending client (device reset)."""
         for c in list(self.conns.values()):
             self._remove(c)
@@ -560,4 +602,3 @@ class Muxer:
         self.fresh.clear()
         self.control.clear()
         self.rx_ready.clear()
-

@@ -1,0 +1,243 @@
+# cython: boundscheck=False, wraparound=False
+"""The virtio-vsock device thread's loop, compiled: wait, hand what woke it to the muxer,
+raise at most one interrupt per turn.
+
+It waits (poll(2), GIL released) on the three queue eventfds (signalled by KVM's
+ioeventfds), the device's wake eventfd, the host listener and every stream socket the
+muxer has an interest in, so no vsock work happens on a vCPU thread or in the VMM's
+event loop. Compiled because under the lab's emulated CPU every bytecode of a turn
+sat between a host client's connect and the guest seeing its REQUEST.
+"""
+import time
+
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.errno cimport errno, EINTR
+from libc.stdint cimport uint64_t
+
+from devices.virtio.vsock.muxer cimport Muxer
+
+from ..errors import QueueCorrupt
+from . import RX_QUEUE, TX_QUEUE
+
+cdef extern from "poll.h" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    short C_POLLIN "POLLIN"
+
+cdef extern from "unistd.h" nogil:
+    ssize_t read(int fd, void *buf, size_t n)
+
+# Longest a header-only tx completion waits for an rx interrupt to ride on (seconds).
+TX_IRQ_DELAY = 0.005
+DEF NFIXED = 4  # the three queue eventfds and the wake eventfd come first in the poll set
+
+
+cdef inline void _drain(int fd) noexcept nogil:
+    """Consume an eventfd's counter (kicks coalesce: one read clears them all)."""
+    cdef uint64_t value
+    read(fd, &value, 8)
+
+
+cdef class DeviceLoop:
+    """One activation's device thread: `run()` until `stop()`. `dev` is the VsockDevice
+    (its transport-reset flag and event queue), `act` the activation."""
+
+    cdef object dev, act
+    cdef Muxer mux
+    cdef int wake_fd
+    cdef public bint stopping
+    cdef public object irq_owed  # when a deferred tx interrupt is due (monotonic seconds), or None
+    # None, or a collections.Counter that gets each wake-up's cause ("kick1", "listener",
+    # "stream", "kick1+listener", "timeout"...): benchmarks/virtio/vsock_profile.py --turns
+    cdef public object wake_causes
+    cdef pollfd *fds
+    cdef unsigned long nfds, cap
+    cdef dict registered
+    cdef bint listener_was_ready  # at the previous wake-up (Muxer.accept_burst)
+
+    def __cinit__(self):
+        self.fds = NULL
+        self.nfds = self.cap = 0
+
+    def __init__(self, dev, act):
+        self.dev, self.act, self.mux = dev, act, dev.mux
+        self.wake_fd = dev._wake
+        self.stopping = False
+        self.irq_owed = None
+        self.wake_causes = None
+        self.registered = None
+        self.listener_was_ready = False
+        events = list(act.queue_events)
+        if len(events) != 3:
+            raise ValueError("virtio-vsock has three queues")
+        self._grow(NFIXED)
+        for i, fd in enumerate(events + [self.wake_fd]):
+            self.fds[i].fd, self.fds[i].events = fd, C_POLLIN
+        self.nfds = NFIXED
+
+    def __dealloc__(self):
+        PyMem_Free(self.fds)
+
+    cdef _grow(self, unsigned long n):
+        cdef pollfd *p
+        if n <= self.cap:
+            return
+        p = <pollfd *>PyMem_Realloc(self.fds, n * sizeof(pollfd))
+        if p == NULL:
+            raise MemoryError()
+        self.fds, self.cap = p, n
+
+    def stop(self) -> None:
+        """Make run() return at its next wake-up (the caller writes the wake eventfd)."""
+        self.stopping = True
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self) -> None:
+        cdef int n
+        cdef bint idle
+        mux = self.mux
+        while not self.stopping:
+            self._update_poll()
+            deadline = mux.next_deadline()
+            idle = deadline is None and self.irq_owed is None  # the usual turn: no timeout to work out
+            n = self._poll(-1 if idle else self.timeout_ms(deadline))
+            self._dispatch(n)
+            if self.stopping:
+                return
+            try:
+                if not self.turn(deadline):
+                    continue
+                # After a host peer's close, what came while the turn ran rides on its
+                # interrupt: one more look without sleeping and one more turn at most. The
+                # usual case is a client's connect right after it closed its previous
+                # stream: the close's SHUTDOWN and the connect's REQUEST then reach the
+                # guest together and its RST and RESPONSE come back in one kick, where each
+                # would otherwise cost a hand-off between the guest and this thread (on
+                # one lab CPU, the guest runs its interrupt before this thread runs again).
+                # Other turns skip the look: there it is a poll() that mostly finds nothing.
+                if mux.host_closed:
+                    self._update_poll()
+                    n = self._poll(0)
+                    if n > 0:
+                        self._dispatch(n)
+                        if self.stopping:
+                            return
+                        self.turn(deadline)
+                        self.irq_owed = None  # whatever that turn deferred goes with this interrupt
+                # At once, before the poll set is rebuilt: the guest's handler reads and
+                # acks the interrupt status in C on the vCPU thread (devices/virtio/_mmio.pyx),
+                # so it does not wait for this thread to let go of the GIL.
+                self.act.signal_used(RX_QUEUE)
+            except QueueCorrupt as e:
+                self.act.fail(e)
+                return
+
+    cdef int _poll(self, int timeout) except -1:
+        """poll(2) over the current set, the GIL let go; how many fds have events."""
+        cdef int n
+        with nogil:
+            n = poll(self.fds, self.nfds, timeout)
+            while n < 0 and errno == EINTR:
+                n = poll(self.fds, self.nfds, timeout)
+        if n < 0:
+            raise OSError(errno, "poll() in the vsock device thread failed")
+        return n
+
+    cdef _dispatch(self, int n):
+        """Hand what poll reported to the muxer: queue kicks set its flags, sockets go to on_ready()."""
+        cdef unsigned long i
+        cdef int fd
+        cdef short ev
+        cdef bint listener_ready = False
+        cdef Muxer mux = self.mux
+        if self.wake_causes is not None:
+            self._count_causes(n)
+        if n <= 0:
+            self.listener_was_ready = False
+            return
+        for i in range(NFIXED):
+            if self.fds[i].revents:
+                _drain(self.fds[i].fd)
+                if i == RX_QUEUE:
+                    mux.rx_room = True
+                elif i == TX_QUEUE:
+                    mux.tx_pending = True
+        for i in range(NFIXED, self.nfds):
+            ev = self.fds[i].revents
+            if ev:
+                fd = self.fds[i].fd
+                self.fds[i].revents = 0
+                if fd == mux.listener_fd:
+                    listener_ready = True
+                    mux.accept_burst = self.listener_was_ready
+                if fd in self.registered:
+                    mux.on_ready(fd, ev)
+        for i in range(NFIXED):
+            self.fds[i].revents = 0
+        self.listener_was_ready = listener_ready
+
+    cdef _count_causes(self, int n):
+        cdef unsigned long i
+        causes = set()
+        for i in range(self.nfds if n > 0 else 0):
+            if self.fds[i].revents:
+                fd = self.fds[i].fd
+                causes.add(f"kick{i}" if i < 3 else "wake" if i == 3 else "listener" if fd == self.mux.listener_fd
+                           else "client" if fd in self.mux.clients else "stream")
+        self.wake_causes["+".join(sorted(causes)) or "timeout"] += 1
+
+    cdef _update_poll(self):
+        """The poll set after the muxer's current interest (rebuilt only when it changed)."""
+        cdef dict want = self.mux.interest()
+        cdef unsigned long i = NFIXED
+        if want == self.registered:
+            return  # the usual turn: nothing changed (one C comparison)
+        self._grow(NFIXED + len(want))
+        for fd, mask in want.items():
+            self.fds[i].fd, self.fds[i].events, self.fds[i].revents = fd, mask, 0
+            i += 1
+        self.nfds = i
+        self.registered = want
+
+    cpdef bint turn(self, deadline) except? -1:
+        """One round of work after a wake-up; True to raise one interrupt for all of it:
+        virtio-mmio has one interrupt line and the driver's handler looks at every queue,
+        and each interrupt costs the guest two register exits. Completed tx packets that
+        were only headers (RESPONSE, RST, CREDIT_UPDATE...) hold nothing the guest waits
+        for: their interrupt rides on the next rx one, or comes TX_IRQ_DELAY later."""
+        cdef Muxer mux = self.mux
+        cdef bint notify = False, tx = False
+        act = self.act
+        if deadline is not None and deadline <= time.monotonic():
+            mux.expire(time.monotonic())
+        mux.host_closed = False
+        if self.dev._reset_event_pending:
+            notify = self.dev._send_reset_event(act)
+        if mux.tx_pending:
+            tx = mux.process_tx(act)
+        if mux.fresh:
+            mux.retry_fresh()
+        notify |= mux.process_rx(act)
+        if tx and not notify and not mux.tx_data:
+            if self.irq_owed is None:
+                self.irq_owed = time.monotonic() + TX_IRQ_DELAY
+            return False
+        if notify or tx or (self.irq_owed is not None and time.monotonic() >= self.irq_owed):
+            self.irq_owed = None
+            return True
+        return False
+
+    cpdef int timeout_ms(self, deadline) except? -2:
+        """Poll timeout: the next connect deadline (`deadline`), or a deferred interrupt,
+        whichever comes first; -1 for none."""
+        owed = self.irq_owed
+        if deadline is None:
+            if owed is None:
+                return -1
+            due = owed
+        else:
+            due = deadline if owed is None or deadline < owed else owed
+        return max(0, int((due - time.monotonic()) * 1000) + 1)
