@@ -299,16 +299,17 @@ def _timed(s: socket.socket, seconds: int = 60) -> socket.socket:
 
 
 def _read_ok_line(s: socket.socket) -> None:
-    """The device's `OK <port>\n`, and not a byte after it (peek, then take the line)."""
+    """The device's `OK <port>\n`, read as a client of this server would: the bench
+    server never speaks first, so nothing can follow the line and it is taken whole
+    (one recv() as a rule, no peek), and anything after it is a protocol error."""
     line = b""
     while not line.endswith(b"\n"):
-        peek = s.recv(64, socket.MSG_PEEK)
-        nl = peek.find(b"\n")
-        if not peek or len(line) > 64:
+        chunk = s.recv(64)
+        if not chunk or len(line) > 64:
             s.close()
             raise BenchError(f"vsock CONNECT {VSOCK_PORT}: closed after {line!r}")
-        line += s.recv(nl + 1 if nl >= 0 else len(peek))
-    if not line.startswith(b"OK "):
+        line += chunk
+    if not line.startswith(b"OK ") or line.index(b"\n") != len(line) - 1:
         s.close()
         raise BenchError(f"vsock CONNECT {VSOCK_PORT}: answered {line!r}")
 
