@@ -33,7 +33,10 @@ from devices.errors import GuestMemoryError  # noqa: E402
 
 
 class InterruptLine(Protocol):
-    """An edge-triggered interrupt into the guest (an irqfd, or irq_line pulses)."""
+    """An edge-triggered interrupt into the guest (an irqfd, or irq_line pulses).
+
+    A line whose trigger() does nothing but write 1 to fileno() says so with a true
+    `direct` attribute: C code may then write the eventfd itself (virtio's VringSignal)."""
 
     def trigger(self) -> None: ...
 

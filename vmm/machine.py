@@ -95,6 +95,8 @@ class MachineConfig(namedtuple("MachineConfig", _CONFIG_FIELDS, defaults=_CONFIG
 class IrqLine:
     """An edge-triggered guest interrupt through an irqfd (devices.interfaces.InterruptLine)."""
 
+    direct = True  # trigger() only writes the eventfd: C code may write it instead
+
     def __init__(self, vm, gsi: int) -> None:
         self.gsi = gsi
         self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)

@@ -8,7 +8,9 @@ with a few connects, then records the lab kernel's kvm and sched events (tracefs
 the client makes sequential connects, each bracketed by trace_marker lines. Prints per
 VMM the median per connect of: wall time; the time the VMM's threads were on a CPU
 (sched_switch accounting, QEMU's vhost worker included), the part of it in guest mode
-(kvm_entry to kvm_exit) and the rest, the host side's cost as the lab runs it; interrupts
+(kvm_entry to kvm_exit) and the rest, the host side's cost as the lab runs it, split into
+the vCPU threads' time outside guest mode and the other threads' (our device threads and
+main loop; QEMU's main loop and vhost worker); interrupts
 injected (the guest's timer left out), exits to user space, guest exits and HLT exits. Tracing slows both.
 """
 from __future__ import annotations
@@ -34,7 +36,8 @@ def _write(name: str, value: str) -> None:
     (TRACEFS / name).write_text(value)
 
 
-def record(suite, name: str, argv: list[str], prefix: tuple, connects: int) -> tuple[str, list[float], set[int]]:
+def record(suite, name: str, argv: list[str], prefix: tuple, connects: int,
+           events: tuple = EVENTS) -> tuple[str, list[float], set[int]]:
     """Boot `name`, trace `connects` connects; (trace text, client latencies, the VMM's pids)."""
     from benchmarks.virtio.guestvm import GuestProcess
     from benchmarks.virtio.suites import READY
@@ -47,7 +50,7 @@ def record(suite, name: str, argv: list[str], prefix: tuple, connects: int) -> t
             suite._connect(name, timed=False).close()
         _write("trace", "")
         _write("buffer_size_kb", "16384")
-        for e in EVENTS:
+        for e in events:
             _write(f"events/{e}/enable", "1")
         lat = []
         with open(TRACEFS / "trace_marker", "w") as mark:
@@ -62,7 +65,7 @@ def record(suite, name: str, argv: list[str], prefix: tuple, connects: int) -> t
                 mark.flush()
                 s.close()
             _write("tracing_on", "0")
-        for e in EVENTS:
+        for e in events:
             _write(f"events/{e}/enable", "0")
         return (TRACEFS / "trace").read_text(), lat, _descendants(vm.proc.pid)
     finally:
@@ -88,6 +91,7 @@ def per_connect(text: str, pids: set[int]) -> list[dict[str, float]]:
     """Each traced connect's counts; `vmm_cpu_ms` is the on-CPU time of the VMM's threads
     (`pids`, plus any vhost-<pid> worker), `guest_ms` the part of it in guest mode."""
     out, cur, running, entered = [], None, {}, {}
+    vcpus = {int(m[1]) for m in re.finditer(r"-(\d+)\s+\[\d+\].*? kvm_entry:", text)}
     for raw in text.splitlines():
         m = LINE.match(raw)
         if not m:
@@ -96,10 +100,13 @@ def per_connect(text: str, pids: set[int]) -> list[dict[str, float]]:
         if ev == "tracing_mark_write":
             if rest.startswith("MMK-BEGIN"):
                 cur = {"t0": t, "irqs": 0, "user_exits": 0, "exits": 0, "hlt": 0, "vmm_cpu_ms": 0.0,
-                       "guest_ms": 0.0}
+                       "guest_ms": 0.0, "vcpu_ms": 0.0}
             elif rest.startswith("MMK-END") and cur is not None:
                 cur["wall_ms"] = (t - cur.pop("t0")) * 1e3
                 cur["host_side_ms"] = cur["vmm_cpu_ms"] - cur["guest_ms"]
+                cur["vcpu_host_ms"] = cur["vcpu_ms"] - cur["guest_ms"]
+                cur["other_threads_ms"] = cur.pop("vmm_cpu_ms") - cur.pop("vcpu_ms")
+                cur["vmm_cpu_ms"] = cur["vcpu_host_ms"] + cur["guest_ms"] + cur["other_threads_ms"]
                 out.append(cur)
                 cur = None
         elif ev == "sched_switch":
@@ -108,7 +115,10 @@ def per_connect(text: str, pids: set[int]) -> list[dict[str, float]]:
             if prev and int(prev[2]) in running:
                 start = running.pop(int(prev[2]))
                 if cur is not None:
-                    cur["vmm_cpu_ms"] += (t - max(start, cur["t0"])) * 1e3
+                    ran = (t - max(start, cur["t0"])) * 1e3
+                    cur["vmm_cpu_ms"] += ran
+                    if int(prev[2]) in vcpus:
+                        cur["vcpu_ms"] += ran
             if nxt and (int(nxt[2]) in pids or nxt[1].startswith("vhost-")):
                 running[int(nxt[2])] = t
         elif ev == "kvm_entry":
@@ -133,6 +143,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--connects", type=int, default=20)
     p.add_argument("--keep", help="also write each raw trace to DIR/vsock-ktrace-<vmm>.txt")
+    p.add_argument("--events", default="", help="more tracefs events to record, comma-separated (for --keep), "
+                   "e.g. raw_syscalls/sys_enter,raw_syscalls/sys_exit")
+    p.add_argument("--only", help="trace only this VMM (mm or qemu-microvm)")
     args = p.parse_args()
     from benchmarks import peer_cpus
     from benchmarks.virtio.harness import WORK
@@ -148,14 +161,18 @@ def main() -> int:
     suite = VsockSuite(ns)
     suite.setup()
     try:
+        extra = tuple(e for e in args.events.split(",") if e)
         for name, argv, prefix in suite.contenders():
+            if args.only and name != args.only:
+                continue
             confine = peer_cpus.peer_prefix("same") if name == PEER else ()
-            text, lat, pids = record(suite, name, argv, (*confine, *prefix), args.connects)
+            text, lat, pids = record(suite, name, argv, (*confine, *prefix), args.connects, EVENTS + extra)
             if args.keep:
                 Path(args.keep, f"vsock-ktrace-{name}.txt").write_text(text)
             rows = per_connect(text, pids)
             print(f"{name}: client connect median {statistics.median(lat) * 1e3:.2f} ms (n={len(lat)})")
-            for key in ("wall_ms", "vmm_cpu_ms", "guest_ms", "host_side_ms", "irqs", "user_exits", "exits", "hlt"):
+            for key in ("wall_ms", "vmm_cpu_ms", "guest_ms", "host_side_ms", "vcpu_host_ms", "other_threads_ms",
+                        "irqs", "user_exits", "exits", "hlt"):
                 vals = [r[key] for r in rows]
                 if vals:
                     print(f"  {key:11s} median {statistics.median(vals):7.2f}   min {min(vals):7.2f}   max {max(vals):7.2f}")

@@ -180,3 +180,26 @@ cdef class MmioFastPath:
         for i in range(0 if is_write else size):
             out |= (<uint64_t>buf[i]) << (8 * i)
         return rc, out
+
+
+cdef class VringSignal:
+    """`Activated.signal_used` for a transport whose interrupt line is a bare irqfd
+    (InterruptLine.direct): the ISR's used-buffer bit raised and the irqfd written in C,
+    so a device thread's interrupt runs no Python frame (the lab's emulated CPU made
+    each one cost its guest). `fd` is the line's eventfd, open for the transport's life
+    (the machine closes its lines after its transports)."""
+
+    cdef MmioFastPath fast
+    cdef int fd
+    cdef uint32_t bits
+
+    def __init__(self, MmioFastPath fast, int fd, uint32_t bits):
+        if fd < 0:
+            raise ValueError("VringSignal needs the line's eventfd")
+        self.fast, self.fd, self.bits = fast, fd, bits
+
+    def __call__(self, queue=None):
+        cdef uint64_t one = 1
+        mm_isr_or(&self.fast.st.isr, self.bits)  # before the irqfd: the guest's ISR read sees it
+        c_write(self.fd, &one, 8)  # EAGAIN only at 2^64-1 pending: an interrupt is pending anyway
+

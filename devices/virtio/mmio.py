@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ._mmio import MmioFastPath
+from ._mmio import MmioFastPath, VringSignal
 from .constants import (
     F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, INT_CONFIG, INT_VRING, MMIO_MAGIC, MMIO_VERSION,
     VENDOR_ID, Reg, Status, bit,
@@ -254,7 +254,13 @@ class MmioTransport:
             self.fail(e)
             return
         self.device.activate(Activated(self.memory, queues, self.queue_events, self.events,
-                                       self.signal_used, self.fail))
+                                       self._used_signaller(), self.fail))
+
+    def _used_signaller(self):
+        """signal_used, or the same in C when the interrupt line is a bare irqfd."""
+        if getattr(self.interrupt, "direct", False) and type(self).signal_used is MmioTransport.signal_used:
+            return VringSignal(self.fast, self.interrupt.fileno(), INT_VRING)
+        return self.signal_used
 
     def reset(self) -> None:
         """Driver wrote 0 to Status: device back to Inactive, registers to power-on values."""

@@ -13,9 +13,8 @@ established stream: consecutive well-formed RW packets of that stream are sent w
 sendmsg() per batch, payload straight from guest memory. A packet the socket takes only
 in part is left unconsumed with how much was sent, so the Python path buffers the rest.
 
-`rx_control(queue, headers)`: header-only packets (control replies) into rx chains.
-`tx_headers(queue, max)`: takes header-only tx packets (REQUEST, RESPONSE, SHUTDOWN,
-CREDIT_*, RST) and returns their fields; stops at a packet with payload and says whose.
+`tx_packet()` and `decode()` (C level, _fast.pxd): one tx chain's header and payload, for
+the muxer's own loop over header-only packets (muxer.pyx).
 `accept_connects(fd)` / `take_connect(fd, prior)`: the host side's `CONNECT <port>\n`
 handshake, one recv() per client (no MSG_PEEK round): bytes after the line come back to
 the caller as the start of the stream. `connect_unix`, `send_bytes`, `send_views` and
@@ -30,12 +29,6 @@ from libc.string cimport memcmp, memcpy, memset
 import os
 
 from devices.virtio._queue cimport PEEK_CHAIN, PEEK_EMPTY, SplitQueue
-
-cdef extern from "sys/uio.h" nogil:
-    cdef struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t readv(int fd, const iovec *iov, int iovcnt)
 
 cdef extern from "sys/socket.h" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
@@ -85,7 +78,6 @@ DEF OFF_FWD_CNT = 40
 DEF OP_RW = 5
 DEF TYPE_STREAM = 1
 DEF HOST_CID = 2
-DEF MAX_IOV = 256     # iovecs per readv/sendmsg (Linux's IOV_MAX is 1024)
 DEF MAX_CHAINS = 64   # chains filled or packets sent per system call
 DEF MAX_LINE = 32     # CONNECT line (MAX_CONNECT_LINE in __init__.py)
 DEF SHORT_SEND = 4096  # send_bytes() up to this keeps the GIL
@@ -95,15 +87,7 @@ DEF SHORT_SEND = 4096  # send_bytes() up to this keeps the GIL
 # for it, and taking it back can then wait up to the interpreter's switch interval (5 ms)
 # in the middle of a connect. Data copies (readv/sendmsg of stream bytes) do let go.
 
-DEF S_EMPTY = 0    # no chain (rx: the guest must post buffers; tx: no packet)
-DEF S_SLOW = 1     # the next chain / packet is for the Python path
-DEF S_BLOCKED = 2  # rx: nothing to read now; tx: the socket takes no more (see `partial`)
-DEF S_EOF = 3      # rx: the host end closed (the Python path sends SHUTDOWN)
-DEF S_CREDIT = 4   # rx: the guest's credit is used up
-DEF S_ERROR = 5    # the socket failed (the Python path resets the stream)
-DEF S_DATA = 6     # tx_headers: the next packet carries payload (see the ports returned)
-DEF S_FULL = 7     # tx_headers: took `max` packets
-DEF S_OK = 100     # _rx_chain / _tx_packet: the chain is for C
+# S_*: the stop reasons (_fast.pxd)
 STOP_EMPTY, STOP_SLOW, STOP_BLOCKED, STOP_EOF, STOP_CREDIT, STOP_ERROR, STOP_DATA, STOP_FULL = (
     S_EMPTY, S_SLOW, S_BLOCKED, S_EOF, S_CREDIT, S_ERROR, S_DATA, S_FULL)
 # take_connect() results besides a port
@@ -210,8 +194,8 @@ def rx_stream(SplitQueue q, int fd, bytes header, uint32_t credit):
     return stop, packets, total
 
 
-cdef int _tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, iovec *iov,
-                    int *niov) noexcept nogil:
+cdef int tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, iovec *iov,
+                   int *niov) noexcept nogil:
     """Peek tx chain `ahead`: its header into `hdr`, its payload (the header's length,
     which must be there) onto iov[niov...]. S_OK, or the S_* reason it is not for C."""
     cdef uint32_t count, i, length, start = niov[0]
@@ -247,14 +231,7 @@ cdef int _tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, 
     return S_OK
 
 
-cdef struct Header:  # packet.Header's fields, in its order
-    uint64_t src_cid, dst_cid
-    uint32_t src_port, dst_port, len
-    uint16_t type, op
-    uint32_t flags, buf_alloc, fwd_cnt
-
-
-cdef void _decode(const uint8_t *hdr, Header *h) noexcept nogil:
+cdef void decode(const uint8_t *hdr, Header *h) noexcept nogil:
     """The little-endian wire header (virtio_vsock.h) into `h` (x86: no swaps)."""
     memcpy(&h.src_cid, hdr + OFF_SRC_CID, 8)
     memcpy(&h.dst_cid, hdr + OFF_DST_CID, 8)
@@ -271,7 +248,7 @@ cdef void _decode(const uint8_t *hdr, Header *h) noexcept nogil:
 cdef bint _is_rw_of(uint8_t *hdr, uint64_t guest_cid, uint32_t src_port, uint32_t dst_port,
                     uint64_t limit) noexcept nogil:
     cdef Header h
-    _decode(hdr, &h)
+    decode(hdr, &h)
     return (h.op == OP_RW and h.type == TYPE_STREAM and h.src_cid == guest_cid and h.dst_cid == HOST_CID
             and h.src_port == src_port and h.dst_port == dst_port and h.len <= limit)
 
@@ -297,7 +274,7 @@ def tx_stream(SplitQueue q, int fd, uint64_t guest_cid, uint32_t src_port, uint3
             n, niov, batch, rc = 0, 0, 0, 0
             while n < MAX_CHAINS:
                 start = niov
-                rc = _tx_packet(q, n, hdr, &heads[n], iov, &niov)
+                rc = tx_packet(q, n, hdr, &heads[n], iov, &niov)
                 if rc != S_OK:
                     break
                 if not _is_rw_of(hdr, guest_cid, src_port, dst_port, limit):
@@ -348,54 +325,6 @@ def tx_stream(SplitQueue q, int fd, uint64_t guest_cid, uint32_t src_port, uint3
             partial = sent
             break
     return stop, packets, total, partial, buf_alloc, fwd_cnt
-
-
-def rx_control(SplitQueue q, list headers):
-    """Header-only packets (44-byte bytes each) into the next rx chains, in order.
-    Returns how many were delivered; the rest wait for buffers or the Python path."""
-    cdef uint16_t head
-    cdef uint32_t count
-    cdef uint8_t *p
-    cdef int done = 0
-    cdef bytes h
-    for h in headers:
-        if len(h) != HDR:
-            raise ValueError("a vsock header is 44 bytes")
-        if q.peek(&head, &count) != PEEK_CHAIN or q._lens[0] < HDR or not q._flags[0] & F_WRITE:
-            break
-        p = q.translate(q._addrs[0], q._lens[0])
-        if p == NULL:
-            break
-        memcpy(p, <const char *>h, HDR)
-        q.consume()
-        q.put_used(head, HDR)
-        done += 1
-    return done
-
-
-def tx_headers(SplitQueue q, int limit):
-    """Take up to `limit` header-only tx packets (length 0, well-formed chains).
-    Returns (stop, headers, ports): each header the 10 fields of packet.Header; on S_DATA
-    `ports` is (src_port, dst_port) of the packet with payload that ended the run."""
-    cdef iovec iov[MAX_IOV]
-    cdef uint8_t hdr[HDR]
-    cdef uint16_t head
-    cdef Header h
-    cdef int niov, rc
-    out = []
-    while len(out) < limit:
-        niov = 0
-        rc = _tx_packet(q, 0, hdr, &head, iov, &niov)
-        if rc != S_OK:
-            return rc, out, None
-        _decode(hdr, &h)
-        if h.len:
-            return S_DATA, out, (h.src_port, h.dst_port)
-        q.consume()
-        q.put_used(head, 0)
-        out.append((h.src_cid, h.dst_cid, h.src_port, h.dst_port, h.len, h.type, h.op, h.flags,
-                    h.buf_alloc, h.fwd_cnt))
-    return S_FULL, out, None
 
 
 cdef bint _space(uint8_t c) noexcept nogil:

@@ -1,5 +1,7 @@
 # The muxer's state, typed, for the device thread (devices/virtio/vsock/device_loop.pyx).
+from devices.virtio._queue cimport SplitQueue
 from devices.virtio.vsock.connection cimport Connection
+from devices.virtio.vsock.metrics cimport VsockMetrics
 
 
 cdef class Muxer:
@@ -7,7 +9,7 @@ cdef class Muxer:
     cdef public str uds_path
     cdef public object listener
     cdef public int listener_fd
-    cdef public object metrics
+    cdef public VsockMetrics metrics
     cdef public dict conns, _local_ports, by_fd, clients, rx_ready, connecting
     cdef public list fresh
     cdef public object control
@@ -30,7 +32,8 @@ cdef class Muxer:
     cdef bytes _hdr(self, Connection c, int op, unsigned int length=*, unsigned int flags=*)
     cdef _rst_to(self, unsigned int src_port, unsigned int dst_port)
     cpdef bint process_tx(self, act) except? -1
-    cdef int _tx_turn_fast(self, q) except -1
+    cdef int _tx_turn_fast(self, SplitQueue q) except -1
+    cdef int _tx_headers(self, SplitQueue q, int limit, unsigned int *ports) except -1
     cdef bint _tx_fast(self, q) except? -1
     cdef _tx_packet(self, chain)
     cdef _tx_header(self, unsigned long long src_cid, unsigned long long dst_cid, unsigned int src_port,
@@ -43,6 +46,7 @@ cdef class Muxer:
     cdef _guest_connect(self, unsigned int src_port, unsigned int dst_port, unsigned int buf_alloc,
                         unsigned int fwd_cnt)
     cpdef bint process_rx(self, act) except? -1
+    cdef int _rx_control(self, SplitQueue q) except -1
     cdef int _rx_fast(self, q) except -1
     cdef object _fill(self, chain)
     cpdef _host_eof(self, Connection c)

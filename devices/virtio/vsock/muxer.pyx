@@ -12,14 +12,12 @@ device thread ran per connect cost the guest's peer time, so the control path is
 """
 
 import collections
-import itertools
 import os
 import select
 import socket
 import stat
 import time
 
-from .. import _queue
 from ..device import pop_valid
 from . import (
     CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
@@ -27,10 +25,19 @@ from . import (
     TX_QUEUE, TYPE_STREAM, VsockError,
 )
 from . import _fast
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from devices.virtio._queue cimport PEEK_CHAIN, SplitQueue
+from devices.virtio.vsock._fast cimport (
+    HDR_LEN, MAX_IOV, S_DATA, S_EMPTY, S_FULL, S_OK, Header as WireHeader, decode, iovec, tx_packet,
+)
 from devices.virtio.vsock.connection cimport Connection
+from devices.virtio.vsock.metrics cimport VsockMetrics
 
 from .connection import ConnState
-from .packet import HDR, HDR_SIZE, Header
+from .packet import HDR_SIZE, Header
 
 cdef int POLLIN = select.POLLIN, POLLOUT = select.POLLOUT, POLLHUP = select.POLLHUP, POLLERR = select.POLLERR
 MAX_STREAMS = 2048
@@ -66,7 +73,30 @@ def open_listener(path: str) -> socket.socket:
 
 
 cdef object ESTABLISHED = ConnState.ESTABLISHED, CONNECTING = ConnState.CONNECTING
-cdef object _HDR_PACK = HDR.pack
+cdef int STOP_EMPTY = _fast.STOP_EMPTY, STOP_BLOCKED = _fast.STOP_BLOCKED, STOP_CREDIT = _fast.STOP_CREDIT
+cdef int STOP_EOF = _fast.STOP_EOF, STOP_ERROR = _fast.STOP_ERROR
+cdef int CONNECT_PENDING = _fast.CONNECT_PENDING, CONNECT_BAD = _fast.CONNECT_BAD
+cdef int F_WRITE = 2  # VIRTQ_DESC_F_WRITE
+
+
+cdef bytes _pack(uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t dst_port, uint32_t length,
+                 uint16_t op, uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt):
+    """A stream packet's 44-byte header (packet.HDR's layout, little-endian as x86 is),
+    built in C: the device makes one per control packet and per rx batch."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, HDR_LEN)
+    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
+    cdef uint16_t type_ = TYPE_STREAM
+    memcpy(p, &src_cid, 8)
+    memcpy(p + 8, &dst_cid, 8)
+    memcpy(p + 16, &src_port, 4)
+    memcpy(p + 20, &dst_port, 4)
+    memcpy(p + 24, &length, 4)
+    memcpy(p + 28, &type_, 2)
+    memcpy(p + 30, &op, 2)
+    memcpy(p + 32, &flags, 4)
+    memcpy(p + 36, &buf_alloc, 4)
+    memcpy(p + 40, &fwd_cnt, 4)
+    return out
 # _tx_turn_fast() / _rx_fast() results
 cdef enum:
     T_AGAIN = 0   # packets were taken: go on
@@ -167,7 +197,7 @@ cdef class Muxer:
         if bad:
             self.metrics.connect_failures += bad
         for fd, port, rest in clients:
-            if port == _fast.CONNECT_PENDING:
+            if port == CONNECT_PENDING:
                 self.clients[fd] = rest
                 self.fresh.append(fd)
             else:
@@ -186,12 +216,12 @@ cdef class Muxer:
     cdef _read_connect_line(self, int fd):
         """More of a pending client's line (poll said it is readable)."""
         port, rest = _fast.take_connect(fd, self.clients[fd])
-        if port == _fast.CONNECT_PENDING:
+        if port == CONNECT_PENDING:
             self.clients[fd] = rest
             return
         del self.clients[fd]
         if port < 0:
-            if port == _fast.CONNECT_BAD:
+            if port == CONNECT_BAD:
                 self.metrics.connect_failures += 1
             os.close(fd)
             return
@@ -253,14 +283,13 @@ cdef class Muxer:
         """A packed header of stream `c` (packed at once: the queue takes bytes)."""
         if op == OP_CREDIT_UPDATE or op == OP_RW or op == OP_RESPONSE or op == OP_REQUEST:
             c.last_fwd_cnt_sent = c.fwd_cnt
-        return _HDR_PACK(HOST_CID, self.guest_cid, c.local_port, c.peer_port, length, TYPE_STREAM, op, flags,
-                         c.buf_alloc, c.fwd_cnt & 0xFFFFFFFF)
+        return _pack(HOST_CID, self.guest_cid, c.local_port, c.peer_port, length, op, flags, c.buf_alloc,
+                     <uint32_t>c.fwd_cnt)
 
     cdef _rst_to(self, unsigned int src_port, unsigned int dst_port):
         """RST for a packet from guest port `src_port` to host port `dst_port` that has no stream."""
         self.metrics.resets_sent += 1
-        self.control.append(_HDR_PACK(HOST_CID, self.guest_cid, dst_port, src_port, 0, TYPE_STREAM, OP_RST,
-                                      0, CONN_BUF_ALLOC, 0))
+        self.control.append(_pack(HOST_CID, self.guest_cid, dst_port, src_port, 0, OP_RST, 0, CONN_BUF_ALLOC, 0))
 
     # -- guest → host (tx queue) -----------------------------------------------------
     def _count_invalid_packet(self) -> None:
@@ -273,7 +302,7 @@ cdef class Muxer:
         q = act.queues[TX_QUEUE]
         if q is None:
             return False
-        cdef bint fast = isinstance(q, _queue.SplitQueue)
+        cdef bint fast = isinstance(q, SplitQueue)
         self.tx_pending = False
         self.tx_data = False  # whether this call moved stream data (see device_loop)
         while True:
@@ -293,29 +322,55 @@ cdef class Muxer:
             q.add_used(chain.head, 0)
         return q.needs_notification()
 
-    cdef int _tx_turn_fast(self, q) except -1:
+    cdef int _tx_turn_fast(self, SplitQueue q) except -1:
         """The C paths of one tx turn: T_AGAIN if packets were taken, T_EMPTY if the queue
         is, T_PYTHON to leave the next packet to pop() (a partly sent packet's rest, a
         chain the C side does not take)."""
+        cdef unsigned int ports[2]
+        cdef int stop
         if self._tx_fast(q):
             return T_AGAIN
         if self._tx_skip is not None:
             return T_PYTHON  # the rest of a packet the socket took in part: buffered there
-        room = min(64, MAX_PENDING_CONTROL - len(self.control))
-        stop, headers, ports = _fast.tx_headers(q, room)
-        for f in headers:
-            self._tx_header(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], None)
-        if headers:
-            # An empty queue after them needs no second look: its avail_event is already
-            # published (consume), so the guest kicks for whatever it adds next.
-            return T_EMPTY if stop == _fast.STOP_EMPTY else T_AGAIN
-        if stop == _fast.STOP_EMPTY:
+        stop = self._tx_headers(q, min(64, MAX_PENDING_CONTROL - len(self.control)), ports)
+        if stop == S_FULL:
+            return T_AGAIN
+        if stop == S_EMPTY:
+            # An empty queue after header-only packets needs no second look: its
+            # avail_event is already published (consume), so the guest kicks for whatever
+            # it adds next.
             return T_EMPTY
-        if stop == _fast.STOP_DATA and self._tx_hint != (ports[1], ports[0]):
+        if stop == S_DATA and self._tx_hint != (ports[1], ports[0]):
             self._tx_hint = (ports[1], ports[0])  # data of another stream: its C path
             if self._tx_fast(q):
                 return T_AGAIN
         return T_PYTHON
+
+    cdef int _tx_headers(self, SplitQueue q, int limit, unsigned int *ports) except -1:
+        """Take and handle up to `limit` header-only tx packets (REQUEST, RESPONSE, SHUTDOWN,
+        CREDIT_*, RST) straight from the ring, no Python object per packet. Returns S_FULL
+        (took `limit`), S_EMPTY, S_DATA (the next packet has payload: `ports` gets its
+        src and dst port) or S_SLOW (the next chain is for pop())."""
+        cdef iovec iov[MAX_IOV]
+        cdef uint8_t hdr[HDR_LEN]
+        cdef uint16_t head
+        cdef WireHeader h
+        cdef int niov, rc, taken = 0
+        while taken < limit:
+            niov = 0
+            rc = tx_packet(q, 0, hdr, &head, iov, &niov)
+            if rc != S_OK:
+                return rc
+            decode(hdr, &h)
+            if h.len:
+                ports[0], ports[1] = h.src_port, h.dst_port
+                return S_DATA
+            q.consume()
+            q.put_used(head, 0)
+            taken += 1
+            self._tx_header(h.src_cid, h.dst_cid, h.src_port, h.dst_port, h.len, h.type, h.op, h.flags,
+                            h.buf_alloc, h.fwd_cnt, None)
+        return S_FULL
 
     cdef bint _tx_fast(self, q) except? -1:
         """RW packets of the stream the last one belonged to, sent to its socket in C
@@ -337,7 +392,7 @@ cdef class Muxer:
             self.metrics.tx_bytes += nbytes
             if c.wants_credit_update():
                 self._credit_update(c)
-        if stop == _fast.STOP_BLOCKED:
+        if stop == STOP_BLOCKED:
             self._tx_skip = (c.key, partial)  # the Python path buffers the rest of that packet
             c.fwd_cnt += partial
             return False
@@ -474,14 +529,10 @@ cdef class Muxer:
         q = act.queues[RX_QUEUE]
         if q is None or not (self.control or self.rx_ready):
             return False
-        cdef bint fast = isinstance(q, _queue.SplitQueue)
+        cdef bint fast = isinstance(q, SplitQueue)
         while self.control or self.rx_ready:
             if fast and self.control:
-                sent = _fast.rx_control(q, list(itertools.islice(self.control, 64)))
-                for _ in range(sent):
-                    self.control.popleft()
-                self.metrics.rx_packets += sent
-                if sent:
+                if self._rx_control(q):
                     continue
             elif fast:
                 how = self._rx_fast(q)
@@ -506,6 +557,28 @@ cdef class Muxer:
             self.metrics.rx_packets += 1
         return q.needs_notification()
 
+    cdef int _rx_control(self, SplitQueue q) except -1:
+        """Queued control packets (44-byte headers) into the next rx chains, in order; how
+        many went (0: no fitting chain, the generic path or more buffers are needed)."""
+        cdef uint16_t head
+        cdef uint32_t count
+        cdef uint8_t *p
+        cdef int done = 0
+        cdef bytes h
+        while self.control:
+            if q.peek(&head, &count) != PEEK_CHAIN or q._lens[0] < HDR_LEN or not q._flags[0] & F_WRITE:
+                break
+            p = q.translate(q._addrs[0], q._lens[0])
+            if p == NULL:
+                break
+            h = self.control.popleft()
+            memcpy(p, <const char *>h, HDR_LEN)
+            q.consume()
+            q.put_used(head, HDR_LEN)
+            done += 1
+        self.metrics.rx_packets += done
+        return done
+
     cdef int _rx_fast(self, q) except -1:
         """Stream data for the guest in C (_fast.rx_stream), stream by stream, within each
         stream's credit. R_DONE: nothing more is ready; R_NO_ROOM: the guest must post
@@ -520,23 +593,23 @@ cdef class Muxer:
                 continue
             if c.rx_prefix:
                 return R_PYTHON  # bytes that came with the CONNECT line: _fill() sends them
-            header = _HDR_PACK(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, TYPE_STREAM, OP_RW, 0,
-                               c.buf_alloc, c.fwd_cnt & 0xFFFFFFFF)
+            header = _pack(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, OP_RW, 0, c.buf_alloc,
+                           <uint32_t>c.fwd_cnt)
             stop, packets, got = _fast.rx_stream(q, c.fd, header, credit)
             if packets:
                 c.last_fwd_cnt_sent = c.fwd_cnt  # the guest learnt our fwd_cnt from these
                 c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
                 self.metrics.rx_bytes += got
                 self.metrics.rx_packets += packets
-            if stop == _fast.STOP_EMPTY:
+            if stop == STOP_EMPTY:
                 return R_NO_ROOM
-            if stop == _fast.STOP_BLOCKED or stop == _fast.STOP_CREDIT:
+            if stop == STOP_BLOCKED or stop == STOP_CREDIT:
                 del self.rx_ready[key]
                 continue
-            if stop == _fast.STOP_EOF:
+            if stop == STOP_EOF:
                 self._host_eof(c)
                 return R_DONE  # the SHUTDOWN waits in `control`
-            if stop == _fast.STOP_ERROR:
+            if stop == STOP_ERROR:
                 self._reset(c)
                 return R_DONE
             return R_PYTHON

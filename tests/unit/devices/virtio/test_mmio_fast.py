@@ -56,6 +56,32 @@ def test_one_isr_value_for_python_and_c(transport, interrupt):
     assert fast.counters() == {"isr_reads": 3, "acks": 1, "notifies": 0}
 
 
+def test_a_bare_irqfd_line_is_signalled_from_c(memory, loop):
+    """A line that only writes its eventfd (`direct`) gets the device's used-buffer
+    interrupts from C: ISR bit first, then the eventfd, and no Python trigger()."""
+    from devices.virtio.testing import FakeInterrupt
+
+    class BareIrqfd(FakeInterrupt):
+        direct = True
+
+    line = BareIrqfd()
+    t = MmioTransport(TwoQueues(), memory, line, loop)
+    try:
+        signal = t._used_signaller()
+        assert isinstance(signal, _mmio.VringSignal)
+        signal(0)
+        signal(1)
+        assert isr_read(t.fast) == (SERVED, INT_VRING)
+        assert os.eventfd_read(line.fd) == 2 and line.count == 0
+    finally:
+        t.close()
+        os.close(line.fd)
+
+
+def test_other_lines_keep_the_python_signal(transport, interrupt):
+    assert transport._used_signaller() == transport.signal_used
+
+
 def test_saved_and_restored_isr_is_the_c_value(transport, memory, interrupt, loop):
     transport.fast.raise_bits(INT_CONFIG)
     state = transport.save()

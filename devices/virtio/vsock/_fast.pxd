@@ -1,0 +1,34 @@
+# What the muxer (muxer.pyx) takes from _fast.pyx at C level: the wire header, the tx
+# chain walk and the stop reasons.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from devices.virtio._queue cimport SplitQueue
+
+cdef extern from "sys/uio.h" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t readv(int fd, const iovec *iov, int iovcnt)
+
+cdef struct Header:  # packet.Header's fields, in its order
+    uint64_t src_cid, dst_cid
+    uint32_t src_port, dst_port, len
+    uint16_t type, op
+    uint32_t flags, buf_alloc, fwd_cnt
+
+cdef enum:
+    S_EMPTY = 0    # no chain (rx: the guest must post buffers; tx: no packet)
+    S_SLOW = 1     # the next chain / packet is for the Python path
+    S_BLOCKED = 2  # rx: nothing to read now; tx: the socket takes no more (see `partial`)
+    S_EOF = 3      # rx: the host end closed (the Python path sends SHUTDOWN)
+    S_CREDIT = 4   # rx: the guest's credit is used up
+    S_ERROR = 5    # the socket failed (the Python path resets the stream)
+    S_DATA = 6     # tx_headers: the next packet carries payload (see the ports returned)
+    S_FULL = 7     # tx_headers: took `max` packets
+    S_OK = 100     # _rx_chain / tx_packet: the chain is for C
+    MAX_IOV = 256  # iovecs per readv/sendmsg (Linux's IOV_MAX is 1024)
+    HDR_LEN = 44
+
+cdef int tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, iovec *iov,
+                   int *niov) noexcept nogil
+cdef void decode(const uint8_t *hdr, Header *h) noexcept nogil
