@@ -8,13 +8,11 @@ muxer has an interest in, so no vsock work happens on a vCPU thread or in the VM
 event loop. Compiled because under the lab's emulated CPU every bytecode of a turn
 sat between a host client's connect and the guest seeing its REQUEST.
 """
-import time
-
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint64_t
 
-from devices.virtio.vsock.muxer cimport Muxer
+from devices.virtio.vsock.muxer cimport Muxer, monotonic
 
 from ..errors import QueueCorrupt
 from . import RX_QUEUE, TX_QUEUE
@@ -211,8 +209,8 @@ cdef class DeviceLoop:
         cdef Muxer mux = self.mux
         cdef bint notify = False, tx = False
         act = self.act
-        if deadline is not None and deadline <= time.monotonic():
-            mux.expire(time.monotonic())
+        if deadline is not None and deadline <= monotonic():
+            mux.expire(monotonic())
         mux.host_closed = False
         if self.dev._reset_event_pending:
             notify = self.dev._send_reset_event(act)
@@ -223,9 +221,9 @@ cdef class DeviceLoop:
         notify |= mux.process_rx(act)
         if tx and not notify and not mux.tx_data:
             if self.irq_owed is None:
-                self.irq_owed = time.monotonic() + TX_IRQ_DELAY
+                self.irq_owed = monotonic() + TX_IRQ_DELAY
             return False
-        if notify or tx or (self.irq_owed is not None and time.monotonic() >= self.irq_owed):
+        if notify or tx or (self.irq_owed is not None and monotonic() >= self.irq_owed):
             self.irq_owed = None
             return True
         return False
@@ -240,4 +238,4 @@ cdef class DeviceLoop:
             due = owed
         else:
             due = deadline if owed is None or deadline < owed else owed
-        return max(0, int((due - time.monotonic()) * 1000) + 1)
+        return max(0, int((due - monotonic()) * 1000) + 1)

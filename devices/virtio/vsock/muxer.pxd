@@ -51,3 +51,6 @@ cdef class Muxer:
     cdef object _fill(self, chain)
     cpdef _host_eof(self, Connection c)
     cpdef close_streams(self)
+
+
+cdef double monotonic() noexcept nogil

@@ -16,7 +16,6 @@ import os
 import select
 import socket
 import stat
-import time
 
 from ..device import pop_valid
 from . import (
@@ -27,7 +26,10 @@ from . import (
 from . import _fast
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.errno cimport errno, EINTR
+from libc.stdio cimport snprintf
 from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from devices.virtio._queue cimport PEEK_CHAIN, SplitQueue
 from devices.virtio.vsock._fast cimport (
@@ -77,6 +79,29 @@ cdef int STOP_EMPTY = _fast.STOP_EMPTY, STOP_BLOCKED = _fast.STOP_BLOCKED, STOP_
 cdef int STOP_EOF = _fast.STOP_EOF, STOP_ERROR = _fast.STOP_ERROR
 cdef int CONNECT_PENDING = _fast.CONNECT_PENDING, CONNECT_BAD = _fast.CONNECT_BAD
 cdef int F_WRITE = 2  # VIRTQ_DESC_F_WRITE
+
+cdef extern from "sys/socket.h" nogil:
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
+
+
+cdef double monotonic() noexcept nogil:
+    """time.monotonic() without a Python call (the same clock)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef int _send_ok(int fd, unsigned int port) noexcept nogil:
+    """The host client's `OK <port>\n`, formatted and sent in C (once per connect: no
+    bytes object or buffer view); 0, or -1 if the socket took none of it."""
+    cdef char line[24]
+    cdef int n = snprintf(line, sizeof(line), "OK %u\n", port)
+    cdef ssize_t r = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+    while r < 0 and errno == EINTR:
+        r = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+    return 0 if r > 0 else -1
 
 
 cdef bytes _pack(uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t dst_port, uint32_t length,
@@ -237,7 +262,7 @@ cdef class Muxer:
             return
         c = Connection(fd, self._alloc_port(), port, CONNECTING)
         c.rx_prefix = rest
-        self.connecting[c.key] = time.monotonic() + CONNECT_TIMEOUT
+        self.connecting[c.key] = monotonic() + CONNECT_TIMEOUT
         self._add(c)
         self.metrics.host_connects += 1
         self.control.append(self._hdr(c, OP_REQUEST))
@@ -456,9 +481,7 @@ cdef class Muxer:
                 return
             c.state = ESTABLISHED
             self.connecting.pop(c.key, None)
-            try:
-                _fast.send_bytes(c.fd, b"OK %d\n" % c.local_port)
-            except OSError:
+            if _send_ok(c.fd, c.local_port) < 0:
                 self._reset(c)
                 return
             if c.rx_prefix:
