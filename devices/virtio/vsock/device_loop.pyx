@@ -12,6 +12,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint64_t
 
+from devices.virtio.vsock.connection cimport Connection
 from devices.virtio.vsock.muxer cimport Muxer, monotonic
 
 from ..errors import QueueCorrupt
@@ -53,7 +54,6 @@ cdef class DeviceLoop:
     cdef public object wake_causes
     cdef pollfd *fds
     cdef unsigned long nfds, cap
-    cdef dict registered
     cdef bint listener_was_ready  # at the previous wake-up (Muxer.accept_burst)
 
     def __cinit__(self):
@@ -66,7 +66,6 @@ cdef class DeviceLoop:
         self.stopping = False
         self.irq_owed = None
         self.wake_causes = None
-        self.registered = None
         self.listener_was_ready = False
         events = list(act.queue_events)
         if len(events) != 3:
@@ -171,8 +170,7 @@ cdef class DeviceLoop:
                 if fd == mux.listener_fd:
                     listener_ready = True
                     mux.accept_burst = self.listener_was_ready
-                if fd in self.registered:
-                    mux.on_ready(fd, ev)
+                mux.on_ready(fd, ev)  # it ignores an fd it no longer has
         for i in range(NFIXED):
             self.fds[i].revents = 0
         self.listener_was_ready = listener_ready
@@ -188,17 +186,23 @@ cdef class DeviceLoop:
         self.wake_causes["+".join(sorted(causes)) or "timeout"] += 1
 
     cdef _update_poll(self):
-        """The poll set after the muxer's current interest (rebuilt only when it changed)."""
-        cdef dict want = self.mux.interest()
-        cdef unsigned long i = NFIXED
-        if want == self.registered:
-            return  # the usual turn: nothing changed (one C comparison)
-        self._grow(NFIXED + len(want))
-        for fd, mask in want.items():
-            self.fds[i].fd, self.fds[i].events, self.fds[i].revents = fd, mask, 0
+        """The poll set after the muxer's current interest (Muxer.interest() as C): the
+        listener, clients waiting for their CONNECT line, and each stream with a mask."""
+        cdef Muxer mux = self.mux
+        cdef Connection c
+        cdef unsigned long i = NFIXED + 1
+        cdef int mask
+        self._grow(NFIXED + 1 + len(mux.clients) + len(mux.by_fd))
+        self.fds[NFIXED].fd, self.fds[NFIXED].events, self.fds[NFIXED].revents = mux.listener_fd, C_POLLIN, 0
+        for fd in mux.clients:
+            self.fds[i].fd, self.fds[i].events, self.fds[i].revents = fd, C_POLLIN, 0
             i += 1
+        for c in mux.by_fd.values():
+            mask = mux.poll_mask(c)
+            if mask:
+                self.fds[i].fd, self.fds[i].events, self.fds[i].revents = c.fd, mask, 0
+                i += 1
         self.nfds = i
-        self.registered = want
 
     cpdef bint turn(self, deadline) except? -1:
         """One round of work after a wake-up; True to raise one interrupt for all of it:

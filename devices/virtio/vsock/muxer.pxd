@@ -19,7 +19,7 @@ cdef class Muxer:
 
     cpdef object next_deadline(self)
     cpdef expire(self, double now)
-    cpdef dict interest(self)
+    cdef int poll_mask(self, Connection c)
     cpdef on_ready(self, int fd, int events)
     cdef _accept(self)
     cpdef retry_fresh(self)

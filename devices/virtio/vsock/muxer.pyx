@@ -172,22 +172,28 @@ cdef class Muxer:
                 self._reset(self.conns[key])
 
     # -- poll interest ---------------------------------------------------------------
-    cpdef dict interest(self):
-        """fd -> poll mask for every socket that has one right now (the others: nothing to wait for)."""
-        cdef Connection c
-        cdef int mask
-        cdef dict want = dict.fromkeys(self.clients, POLLIN)
+    def interest(self) -> dict:
+        """fd -> poll mask for every socket that has one right now (the others: nothing
+        to wait for). The device loop fills its poll set from the same parts in C."""
+        want = dict.fromkeys(self.clients, POLLIN)
         want[self.listener_fd] = POLLIN
         for c in self.by_fd.values():
-            mask = 0
-            if (self.rx_room and c.state is ESTABLISHED and not c.host_eof
-                    and c.key not in self.rx_ready and c.peer_credit() > 0):
-                mask = POLLIN
-            if c.tx_buf or c.shut_wr_pending:
-                mask |= POLLOUT
+            mask = self.poll_mask(c)
             if mask:
                 want[c.fd] = mask
         return want
+
+    cdef int poll_mask(self, Connection c):
+        """What to poll stream `c`'s socket for: input while the guest has rx buffers and
+        credit for it (and it is not queued for reading already), output while guest data
+        or a half-close waits for the socket."""
+        cdef int mask = 0
+        if (self.rx_room and c.state is ESTABLISHED and not c.host_eof and c.peer_credit() > 0
+                and c.key not in self.rx_ready):
+            mask = POLLIN
+        if c.tx_buf or c.shut_wr_pending:
+            mask |= POLLOUT
+        return mask
 
     cpdef on_ready(self, int fd, int events):
         cdef Connection c
