@@ -32,3 +32,5 @@ cdef enum:
 cdef int tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, iovec *iov,
                    int *niov) noexcept nogil
 cdef void decode(const uint8_t *hdr, Header *h) noexcept nogil
+cdef int rx_stream_c(SplitQueue q, int fd, uint8_t *hdr, uint32_t credit, uint64_t *packets,
+                     uint64_t *total) noexcept nogil

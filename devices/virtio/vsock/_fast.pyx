@@ -137,61 +137,70 @@ cdef int _rx_chain(SplitQueue q, uint16_t ahead, iovec *iov, int *niov, uint32_t
 
 
 def rx_stream(SplitQueue q, int fd, bytes header, uint32_t credit):
-    """Returns (stop, packets, bytes)."""
-    cdef iovec iov[MAX_IOV]
-    cdef uint16_t heads[MAX_CHAINS]
-    cdef uint8_t *firsts[MAX_CHAINS]
-    cdef uint32_t caps[MAX_CHAINS]
+    """Returns (stop, packets, bytes) (rx_stream_c, the GIL let go)."""
     cdef uint8_t hdr[HDR]
-    cdef uint32_t want, length, asked, got
-    cdef int rc, niov, nch, i, stop = S_EMPTY
-    cdef ssize_t r
     cdef uint64_t packets = 0, total = 0
+    cdef int stop
     if len(header) != HDR:
         raise ValueError("a vsock header is 44 bytes")
     memcpy(hdr, <const char *>header, HDR)
     with nogil:
-        while True:
-            if credit == 0:
-                stop = S_CREDIT
-                break
-            nch, niov, want, rc = 0, 0, credit, 0
-            while nch < MAX_CHAINS and want:
-                rc = _rx_chain(q, nch, iov, &niov, want, &heads[nch], &firsts[nch], &caps[nch])
-                if rc != S_OK:
-                    break
-                want -= caps[nch]
-                nch += 1
-            if nch == 0:
-                stop = rc
-                break
-            asked = credit - want
-            r = readv(fd, iov, niov)
-            while r < 0 and errno == EINTR:
-                r = readv(fd, iov, niov)
-            if r < 0:
-                stop = S_BLOCKED if errno == EAGAIN else S_ERROR
-                break
-            if r == 0:
-                stop = S_EOF
-                break
-            got = <uint32_t>r
-            credit -= got
-            total += got
-            for i in range(nch):
-                if r == 0:
-                    break
-                length = caps[i] if caps[i] < r else <uint32_t>r
-                r -= length
-                memcpy(hdr + OFF_LEN, &length, 4)
-                memcpy(firsts[i], hdr, HDR)
-                q.consume()
-                q.put_used(heads[i], HDR + length)
-                packets += 1
-            if got < asked:
-                stop = S_BLOCKED  # a short read: the socket is drained for now (poll says when not)
-                break
+        stop = rx_stream_c(q, fd, hdr, credit, &packets, &total)
     return stop, packets, total
+
+
+cdef int rx_stream_c(SplitQueue q, int fd, uint8_t *hdr, uint32_t credit, uint64_t *packets,
+                     uint64_t *total) noexcept nogil:
+    """rx_stream() at C level: `hdr` the 44-byte template (its length field is written
+    per chain); adds to *packets and *total, returns the stop reason."""
+    cdef iovec iov[MAX_IOV]
+    cdef uint16_t heads[MAX_CHAINS]
+    cdef uint8_t *firsts[MAX_CHAINS]
+    cdef uint32_t caps[MAX_CHAINS]
+    cdef uint32_t want, length, asked, got
+    cdef int rc, niov, nch, i, stop = S_EMPTY
+    cdef ssize_t r
+    while True:
+        if credit == 0:
+            stop = S_CREDIT
+            break
+        nch, niov, want, rc = 0, 0, credit, 0
+        while nch < MAX_CHAINS and want:
+            rc = _rx_chain(q, nch, iov, &niov, want, &heads[nch], &firsts[nch], &caps[nch])
+            if rc != S_OK:
+                break
+            want -= caps[nch]
+            nch += 1
+        if nch == 0:
+            stop = rc
+            break
+        asked = credit - want
+        r = readv(fd, iov, niov)
+        while r < 0 and errno == EINTR:
+            r = readv(fd, iov, niov)
+        if r < 0:
+            stop = S_BLOCKED if errno == EAGAIN else S_ERROR
+            break
+        if r == 0:
+            stop = S_EOF
+            break
+        got = <uint32_t>r
+        credit -= got
+        total[0] += got
+        for i in range(nch):
+            if r == 0:
+                break
+            length = caps[i] if caps[i] < r else <uint32_t>r
+            r -= length
+            memcpy(hdr + OFF_LEN, &length, 4)
+            memcpy(firsts[i], hdr, HDR)
+            q.consume()
+            q.put_used(heads[i], HDR + length)
+            packets[0] += 1
+        if got < asked:
+            stop = S_BLOCKED  # a short read: the socket is drained for now (poll says when not)
+            break
+    return stop
 
 
 cdef int tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, iovec *iov,

@@ -3,7 +3,7 @@
 cdef class Connection:
     cdef public int fd
     cdef public unsigned int local_port, peer_port
-    cdef public tuple key
+    cdef public object key  # stream_key(local_port, peer_port)
     cdef public object state
     cdef public unsigned int buf_alloc
     cdef public unsigned long long fwd_cnt, last_fwd_cnt_sent
@@ -20,3 +20,6 @@ cdef class Connection:
     cpdef bint flush(self)
     cpdef close(self)
     cpdef bint wants_credit_update(self)
+
+
+cpdef unsigned long long stream_key(unsigned int local_port, unsigned int peer_port)

@@ -33,9 +33,10 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from devices.virtio._queue cimport PEEK_CHAIN, SplitQueue
 from devices.virtio.vsock._fast cimport (
-    HDR_LEN, MAX_IOV, S_DATA, S_EMPTY, S_FULL, S_OK, Header as WireHeader, decode, iovec, tx_packet,
+    HDR_LEN, MAX_IOV, S_BLOCKED, S_CREDIT, S_DATA, S_EMPTY, S_EOF, S_ERROR, S_FULL, S_OK, Header as WireHeader, decode, iovec, rx_stream_c,
+    tx_packet,
 )
-from devices.virtio.vsock.connection cimport Connection
+from devices.virtio.vsock.connection cimport Connection, stream_key
 from devices.virtio.vsock.metrics cimport VsockMetrics
 
 from .connection import ConnState
@@ -75,8 +76,6 @@ def open_listener(path: str) -> socket.socket:
 
 
 cdef object ESTABLISHED = ConnState.ESTABLISHED, CONNECTING = ConnState.CONNECTING
-cdef int STOP_EMPTY = _fast.STOP_EMPTY, STOP_BLOCKED = _fast.STOP_BLOCKED, STOP_CREDIT = _fast.STOP_CREDIT
-cdef int STOP_EOF = _fast.STOP_EOF, STOP_ERROR = _fast.STOP_ERROR
 cdef int CONNECT_PENDING = _fast.CONNECT_PENDING, CONNECT_BAD = _fast.CONNECT_BAD
 cdef int F_WRITE = 2  # VIRTQ_DESC_F_WRITE
 
@@ -109,8 +108,14 @@ cdef bytes _pack(uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t
     """A stream packet's 44-byte header (packet.HDR's layout, little-endian as x86 is),
     built in C: the device makes one per control packet and per rx batch."""
     cdef bytes out = PyBytes_FromStringAndSize(NULL, HDR_LEN)
-    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
-    cdef uint16_t type_ = TYPE_STREAM
+    _pack_into(<uint8_t *>PyBytes_AS_STRING(out), src_cid, dst_cid, src_port, dst_port, length, op, flags,
+               buf_alloc, fwd_cnt)
+    return out
+
+
+cdef void _pack_into(uint8_t *p, uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t dst_port,
+                     uint32_t length, uint16_t op, uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt) noexcept nogil:
+    cdef uint16_t type_ = 1  # TYPE_STREAM (a Python constant: not readable without the GIL)
     memcpy(p, &src_cid, 8)
     memcpy(p + 8, &dst_cid, 8)
     memcpy(p + 16, &src_port, 4)
@@ -121,7 +126,6 @@ cdef bytes _pack(uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t
     memcpy(p + 32, &flags, 4)
     memcpy(p + 36, &buf_alloc, 4)
     memcpy(p + 40, &fwd_cnt, 4)
-    return out
 # _tx_turn_fast() / _rx_fast() results
 cdef enum:
     T_AGAIN = 0   # packets were taken: go on
@@ -371,8 +375,8 @@ cdef class Muxer:
             # avail_event is already published (consume), so the guest kicks for whatever
             # it adds next.
             return T_EMPTY
-        if stop == S_DATA and self._tx_hint != (ports[1], ports[0]):
-            self._tx_hint = (ports[1], ports[0])  # data of another stream: its C path
+        if stop == S_DATA and self._tx_hint != stream_key(ports[1], ports[0]):
+            self._tx_hint = stream_key(ports[1], ports[0])  # data of another stream: its C path
             if self._tx_fast(q):
                 return T_AGAIN
         return T_PYTHON
@@ -423,7 +427,7 @@ cdef class Muxer:
             self.metrics.tx_bytes += nbytes
             if c.wants_credit_update():
                 self._credit_update(c)
-        if stop == STOP_BLOCKED:
+        if stop == S_BLOCKED:
             self._tx_skip = (c.key, partial)  # the Python path buffers the rest of that packet
             c.fwd_cnt += partial
             return False
@@ -453,7 +457,7 @@ cdef class Muxer:
                 self._rst_to(src_port, dst_port)
             return
         self.metrics.tx_packets += 1
-        c = self.conns.get((dst_port, src_port))
+        c = self.conns.get(stream_key(dst_port, src_port))
         if op == OP_REQUEST:
             if c is not None:
                 self._rst_to(src_port, dst_port)
@@ -615,6 +619,10 @@ cdef class Muxer:
         a chain the C path does not take)."""
         cdef Connection c
         cdef long long credit
+        cdef uint8_t hdr[HDR_LEN]
+        cdef uint64_t packets, got
+        cdef int stop
+        cdef SplitQueue sq = q
         for key, c in list(self.rx_ready.items()):
             credit = c.peer_credit()
             if credit <= 0:
@@ -622,23 +630,27 @@ cdef class Muxer:
                 continue
             if c.rx_prefix:
                 return R_PYTHON  # bytes that came with the CONNECT line: _fill() sends them
-            header = _pack(HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, OP_RW, 0, c.buf_alloc,
-                           <uint32_t>c.fwd_cnt)
-            stop, packets, got = _fast.rx_stream(q, c.fd, header, credit)
+            _pack_into(hdr, HOST_CID, self.guest_cid, c.local_port, c.peer_port, 0, OP_RW, 0, c.buf_alloc,
+                       <uint32_t>c.fwd_cnt)
+            packets = got = 0
+            if credit > 0xFFFFFFFF:
+                credit = 0xFFFFFFFF
+            with nogil:  # a copy of stream data: worth letting the GIL go for
+                stop = rx_stream_c(sq, c.fd, hdr, <uint32_t>credit, &packets, &got)
             if packets:
                 c.last_fwd_cnt_sent = c.fwd_cnt  # the guest learnt our fwd_cnt from these
                 c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
                 self.metrics.rx_bytes += got
                 self.metrics.rx_packets += packets
-            if stop == STOP_EMPTY:
+            if stop == S_EMPTY:
                 return R_NO_ROOM
-            if stop == STOP_BLOCKED or stop == STOP_CREDIT:
+            if stop == S_BLOCKED or stop == S_CREDIT:
                 del self.rx_ready[key]
                 continue
-            if stop == STOP_EOF:
+            if stop == S_EOF:
                 self._host_eof(c)
                 return R_DONE  # the SHUTDOWN waits in `control`
-            if stop == STOP_ERROR:
+            if stop == S_ERROR:
                 self._reset(c)
                 return R_DONE
             return R_PYTHON
