@@ -27,7 +27,6 @@ from . import _fast
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.errno cimport errno, EINTR
-from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -95,9 +94,25 @@ cdef double monotonic() noexcept nogil:
 cdef int _send_ok(int fd, unsigned int port) noexcept nogil:
     """The host client's `OK <port>\n`, formatted and sent in C (once per connect: no
     bytes object or buffer view); 0, or -1 if the socket took none of it."""
-    cdef char line[24]
-    cdef int n = snprintf(line, sizeof(line), "OK %u\n", port)
-    cdef ssize_t r = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+    cdef char line[16]  # "OK " + at most 10 digits + "\n"
+    cdef char digits[10]
+    cdef int n = 0, k = 0
+    cdef ssize_t r
+    while True:  # the digits by hand: printf's machinery is many pages of code to run once
+        digits[k] = 48 + port % 10
+        k += 1
+        port //= 10
+        if port == 0:
+            break
+    line[0], line[1], line[2] = 79, 75, 32  # "OK "
+    n = 3
+    while k:
+        k -= 1
+        line[n] = digits[k]
+        n += 1
+    line[n] = 10
+    n += 1
+    r = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL)
     while r < 0 and errno == EINTR:
         r = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL)
     return 0 if r > 0 else -1
