@@ -13,7 +13,8 @@ from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint64_t
 
 from devices.virtio.vsock.connection cimport Connection
-from devices.virtio.vsock.muxer cimport Muxer, monotonic
+from devices.virtio.vsock.muxer cimport Muxer
+from devices.virtio.vsock.wire cimport monotonic
 
 from ..errors import QueueCorrupt
 from . import RX_QUEUE, TX_QUEUE

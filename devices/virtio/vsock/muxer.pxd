@@ -52,5 +52,3 @@ cdef class Muxer:
     cpdef _host_eof(self, Connection c)
     cpdef close_streams(self)
 
-
-cdef double monotonic() noexcept nogil

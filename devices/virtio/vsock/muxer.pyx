@@ -1,14 +1,15 @@
 """The host side of virtio-vsock: Unix sockets multiplexed onto the rx/tx queues.
 
-Runs entirely on the device's own thread (see `device.py`). Each loop turn: poll the
+Runs entirely on the device's own thread (device_loop.pyx). Each loop turn: poll the
 queue eventfds, the listener and every stream socket; take the guest's tx packets
 (REQUEST, RESPONSE, RW, CREDIT_*, SHUTDOWN, RST); then fill the guest's rx buffers,
 control packets first and stream data after, never beyond a stream's peer credit. A
 socket is only polled for input while the guest has credit and rx buffers for it, so a
 slow guest back-pressures the host peer instead of growing our memory.
 
-Compiled (muxer.pxd types its state): under the lab's emulated CPU each bytecode the
-device thread ran per connect cost the guest's peer time, so the control path is C.
+Compiled (muxer.pxd types its state), and the per-connect steps avoid Python calls:
+under the lab's emulated CPU every page of code and data a turn touches costs, and a
+host client's connect waits for two such turns.
 """
 
 import collections
@@ -24,11 +25,8 @@ from . import (
     TX_QUEUE, TYPE_STREAM, VsockError,
 )
 from . import _fast
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.errno cimport errno, EINTR
 from libc.string cimport memcpy
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from devices.virtio._queue cimport PEEK_CHAIN, SplitQueue
 from devices.virtio.vsock._fast cimport (
@@ -37,6 +35,7 @@ from devices.virtio.vsock._fast cimport (
 )
 from devices.virtio.vsock.connection cimport Connection, stream_key
 from devices.virtio.vsock.metrics cimport VsockMetrics
+from devices.virtio.vsock.wire cimport monotonic, pack as _pack, pack_into as _pack_into, send_ok as _send_ok
 
 from .connection import ConnState
 from .packet import HDR_SIZE, Header
@@ -78,70 +77,6 @@ cdef object ESTABLISHED = ConnState.ESTABLISHED, CONNECTING = ConnState.CONNECTI
 cdef int CONNECT_PENDING = _fast.CONNECT_PENDING, CONNECT_BAD = _fast.CONNECT_BAD
 cdef int F_WRITE = 2  # VIRTQ_DESC_F_WRITE
 
-cdef extern from "sys/socket.h" nogil:
-    ssize_t send(int fd, const void *buf, size_t n, int flags)
-    int MSG_DONTWAIT
-    int MSG_NOSIGNAL
-
-
-cdef double monotonic() noexcept nogil:
-    """time.monotonic() without a Python call (the same clock)."""
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef int _send_ok(int fd, unsigned int port) noexcept nogil:
-    """The host client's `OK <port>\n`, formatted and sent in C (once per connect: no
-    bytes object or buffer view); 0, or -1 if the socket took none of it."""
-    cdef char line[16]  # "OK " + at most 10 digits + "\n"
-    cdef char digits[10]
-    cdef int n = 0, k = 0
-    cdef ssize_t r
-    while True:  # the digits by hand: printf's machinery is many pages of code to run once
-        digits[k] = 48 + port % 10
-        k += 1
-        port //= 10
-        if port == 0:
-            break
-    line[0], line[1], line[2] = 79, 75, 32  # "OK "
-    n = 3
-    while k:
-        k -= 1
-        line[n] = digits[k]
-        n += 1
-    line[n] = 10
-    n += 1
-    r = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL)
-    while r < 0 and errno == EINTR:
-        r = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL)
-    return 0 if r > 0 else -1
-
-
-cdef bytes _pack(uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t dst_port, uint32_t length,
-                 uint16_t op, uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt):
-    """A stream packet's 44-byte header (packet.HDR's layout, little-endian as x86 is),
-    built in C: the device makes one per control packet and per rx batch."""
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, HDR_LEN)
-    _pack_into(<uint8_t *>PyBytes_AS_STRING(out), src_cid, dst_cid, src_port, dst_port, length, op, flags,
-               buf_alloc, fwd_cnt)
-    return out
-
-
-cdef void _pack_into(uint8_t *p, uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t dst_port,
-                     uint32_t length, uint16_t op, uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt) noexcept nogil:
-    cdef uint16_t type_ = 1  # TYPE_STREAM (a Python constant: not readable without the GIL)
-    memcpy(p, &src_cid, 8)
-    memcpy(p + 8, &dst_cid, 8)
-    memcpy(p + 16, &src_port, 4)
-    memcpy(p + 20, &dst_port, 4)
-    memcpy(p + 24, &length, 4)
-    memcpy(p + 28, &type_, 2)
-    memcpy(p + 30, &op, 2)
-    memcpy(p + 32, &flags, 4)
-    memcpy(p + 36, &buf_alloc, 4)
-    memcpy(p + 40, &fwd_cnt, 4)
-# _tx_turn_fast() / _rx_fast() results
 cdef enum:
     T_AGAIN = 0   # packets were taken: go on
     T_EMPTY = 1   # the queue is empty
