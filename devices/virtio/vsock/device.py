@@ -16,7 +16,8 @@ from ..errors import ChainError
 from . import EVENT_QUEUE, EVENT_TRANSPORT_RESET, HOST_CID, QUEUE_SIZE, VsockError
 from .device_loop import DeviceLoop
 from .metrics import VsockMetrics
-from .muxer import Muxer, open_listener
+from .listener import open_listener
+from .muxer import Muxer
 from .persist import VsockState
 
 

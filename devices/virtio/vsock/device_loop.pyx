@@ -49,7 +49,7 @@ cdef class DeviceLoop:
     cdef Muxer mux
     cdef int wake_fd
     cdef public bint stopping
-    cdef public object irq_owed  # when a deferred tx interrupt is due (monotonic seconds), or None
+    cdef double owed  # when a deferred tx interrupt is due (monotonic seconds), -1 for none
     # None, or a collections.Counter that gets each wake-up's cause ("kick1", "listener",
     # "stream", "kick1+listener", "timeout"...): benchmarks/virtio/vsock_profile.py --turns
     cdef public object wake_causes
@@ -65,7 +65,7 @@ cdef class DeviceLoop:
         self.dev, self.act, self.mux = dev, act, dev.mux
         self.wake_fd = dev._wake
         self.stopping = False
-        self.irq_owed = None
+        self.owed = -1
         self.wake_causes = None
         self.listener_was_ready = False
         events = list(act.queue_events)
@@ -88,6 +88,15 @@ cdef class DeviceLoop:
             raise MemoryError()
         self.fds, self.cap = p, n
 
+    @property
+    def irq_owed(self):
+        """When a deferred tx interrupt is due (monotonic seconds), or None."""
+        return None if self.owed < 0 else self.owed
+
+    @irq_owed.setter
+    def irq_owed(self, value):
+        self.owed = -1 if value is None else value
+
     def stop(self) -> None:
         """Make run() return at its next wake-up (the caller writes the wake eventfd)."""
         self.stopping = True
@@ -96,11 +105,12 @@ cdef class DeviceLoop:
     def run(self) -> None:
         cdef int n
         cdef bint idle
-        mux = self.mux
+        cdef double deadline
+        cdef Muxer mux = self.mux
         while not self.stopping:
             self._update_poll()
             deadline = mux.next_deadline()
-            idle = deadline is None and self.irq_owed is None  # the usual turn: no timeout to work out
+            idle = deadline < 0 and self.owed < 0  # the usual turn: no timeout to work out
             n = self._poll(-1 if idle else self.timeout_ms(deadline))
             self._dispatch(n)
             if self.stopping:
@@ -124,7 +134,7 @@ cdef class DeviceLoop:
                         if self.stopping:
                             return
                         self.turn(deadline)
-                        self.irq_owed = None  # whatever that turn deferred goes with this interrupt
+                        self.owed = -1  # whatever that turn deferred goes with this interrupt
                 # At once, before the poll set is rebuilt: the guest's handler reads and
                 # acks the interrupt status in C on the vCPU thread (devices/virtio/_mmio.pyx),
                 # so it does not wait for this thread to let go of the GIL.
@@ -205,7 +215,7 @@ cdef class DeviceLoop:
                 i += 1
         self.nfds = i
 
-    cpdef bint turn(self, deadline) except? -1:
+    cpdef bint turn(self, double deadline=-1) except? -1:
         """One round of work after a wake-up; True to raise one interrupt for all of it:
         virtio-mmio has one interrupt line and the driver's handler looks at every queue,
         and each interrupt costs the guest two register exits. Completed tx packets that
@@ -214,7 +224,7 @@ cdef class DeviceLoop:
         cdef Muxer mux = self.mux
         cdef bint notify = False, tx = False
         act = self.act
-        if deadline is not None and deadline <= monotonic():
+        if 0 <= deadline <= monotonic():
             mux.expire(monotonic())
         mux.host_closed = False
         if self.dev._reset_event_pending:
@@ -225,22 +235,22 @@ cdef class DeviceLoop:
             mux.retry_fresh()
         notify |= mux.process_rx(act)
         if tx and not notify and not mux.tx_data:
-            if self.irq_owed is None:
-                self.irq_owed = monotonic() + TX_IRQ_DELAY
+            if self.owed < 0:
+                self.owed = monotonic() + TX_IRQ_DELAY
             return False
-        if notify or tx or (self.irq_owed is not None and monotonic() >= self.irq_owed):
-            self.irq_owed = None
+        if notify or tx or (self.owed >= 0 and monotonic() >= self.owed):
+            self.owed = -1
             return True
         return False
 
-    cpdef int timeout_ms(self, deadline) except? -2:
-        """Poll timeout: the next connect deadline (`deadline`), or a deferred interrupt,
-        whichever comes first; -1 for none."""
-        owed = self.irq_owed
-        if deadline is None:
-            if owed is None:
-                return -1
-            due = owed
-        else:
-            due = deadline if owed is None or deadline < owed else owed
-        return max(0, int((due - monotonic()) * 1000) + 1)
+    cpdef int timeout_ms(self, double deadline=-1):
+        """Poll timeout in ms: the next connect deadline (`deadline`, -1 for none) or a
+        deferred interrupt, whichever comes first; -1 for neither."""
+        cdef double due = deadline
+        cdef int ms
+        if self.owed >= 0 and (due < 0 or self.owed < due):
+            due = self.owed
+        if due < 0:
+            return -1
+        ms = <int>((due - monotonic()) * 1000) + 1
+        return ms if ms > 0 else 0

@@ -2,22 +2,20 @@
 from devices.virtio._queue cimport SplitQueue
 from devices.virtio.vsock.connection cimport Connection
 from devices.virtio.vsock.metrics cimport VsockMetrics
+from devices.virtio.vsock.streams cimport StreamTable
 
 
-cdef class Muxer:
+cdef class Muxer(StreamTable):
     cdef public unsigned long long guest_cid
     cdef public str uds_path
     cdef public object listener
     cdef public int listener_fd
-    cdef public VsockMetrics metrics
-    cdef public dict conns, _local_ports, by_fd, clients, rx_ready, connecting
+    cdef public dict clients
     cdef public list fresh
     cdef public object control
     cdef public bint rx_room, tx_pending, tx_data, host_closed, accept_burst
-    cdef public unsigned long long next_port
     cdef public object _tx_hint, _tx_skip
 
-    cpdef object next_deadline(self)
     cpdef expire(self, double now)
     cdef int poll_mask(self, Connection c)
     cpdef on_ready(self, int fd, int events)
@@ -25,9 +23,6 @@ cdef class Muxer:
     cpdef retry_fresh(self)
     cdef _read_connect_line(self, int fd)
     cdef _connect_client(self, int fd, long long port, bytes rest)
-    cpdef unsigned long long _alloc_port(self)
-    cpdef _add(self, Connection c)
-    cpdef _remove(self, Connection c)
     cdef _reset(self, Connection c)
     cdef bytes _hdr(self, Connection c, int op, unsigned int length=*, unsigned int flags=*)
     cdef _rst_to(self, unsigned int src_port, unsigned int dst_port)

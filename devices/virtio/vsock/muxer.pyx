@@ -15,14 +15,12 @@ host client's connect waits for two such turns.
 import collections
 import os
 import select
-import socket
-import stat
 
 from ..device import pop_valid
 from . import (
-    CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
+    CONN_BUF_ALLOC, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
     OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, RX_QUEUE, SHUTDOWN_RCV, SHUTDOWN_SEND,
-    TX_QUEUE, TYPE_STREAM, VsockError,
+    TX_QUEUE, TYPE_STREAM,
 )
 from . import _fast
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -35,6 +33,7 @@ from devices.virtio.vsock._fast cimport (
 )
 from devices.virtio.vsock.connection cimport Connection, stream_key
 from devices.virtio.vsock.metrics cimport VsockMetrics
+from devices.virtio.vsock.streams cimport StreamTable
 from devices.virtio.vsock.wire cimport monotonic, pack as _pack, pack_into as _pack_into, send_ok as _send_ok
 
 from .connection import ConnState
@@ -47,30 +46,6 @@ MAX_PENDING_CONTROL = 4096  # stop reading tx while this many replies wait for r
 # listener answers RST at once; a busy one (100 connects at once in a loaded nested lab)
 # took over 2 s, so the wait is generous.
 CONNECT_TIMEOUT = 10.0
-
-
-def open_listener(path: str) -> socket.socket:
-    """Listen on `path`, replacing a stale socket file nobody listens on."""
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-                raise VsockError(f"vsock socket {path} is in use by another process")
-            except ConnectionRefusedError:
-                os.unlink(path)
-            finally:
-                probe.close()
-    except FileNotFoundError:
-        pass
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    try:
-        s.bind(path)
-        s.listen(512)
-    except OSError as e:
-        s.close()
-        raise VsockError(f"cannot listen on vsock socket {path}: {e.strerror}") from None
-    return s
 
 
 cdef object ESTABLISHED = ConnState.ESTABLISHED, CONNECTING = ConnState.CONNECTING
@@ -86,24 +61,20 @@ cdef enum:
     R_PYTHON = 2
 
 
-cdef class Muxer:
-    """Streams, pending host clients and queued control packets of one device."""
+cdef class Muxer(StreamTable):
+    """Streams (the StreamTable it is), pending host clients and queued control packets
+    of one device."""
 
-    def __init__(self, guest_cid: int, uds_path: str, listener: socket.socket, metrics) -> None:
+    def __init__(self, guest_cid: int, uds_path: str, listener, metrics) -> None:
+        # listener: the device's listening socket.socket (listener.open_listener)
         self.guest_cid, self.uds_path = guest_cid, uds_path
         self.listener = listener
         self.listener_fd = listener.fileno()
-        self.metrics = metrics
-        self.conns = {}  # (local port, peer port) -> Connection
-        self._local_ports = {}  # host port -> its streams (no O(n) scan)
-        self.by_fd = {}
+        StreamTable.__init__(self, metrics)
         self.clients = {}  # accepted fd -> its line so far, waiting for `CONNECT <port>\n`
         self.fresh = []  # clients accepted this turn before their line came (see retry_fresh)
         self.control = collections.deque()  # packed headers for the guest
-        self.rx_ready = {}
         self.rx_room = True
-        self.next_port = FIRST_LOCAL_PORT
-        self.connecting = {}  # host-initiated stream -> deadline
         self._tx_hint = None  # stream of the last RW packet (C path)
         self._tx_skip = None  # (stream, bytes of the next packet sent)
         self.tx_pending = True  # tx packets may wait without a kick (we stopped early)
@@ -114,9 +85,6 @@ cdef class Muxer:
         # wake-up too: a lone client (the usual connect) then costs no accept() that
         # fails with EAGAIN, and a burst is taken whole from its second wake-up on.
         self.accept_burst = True
-
-    cpdef object next_deadline(self):
-        return min(self.connecting.values()) if self.connecting else None
 
     cpdef expire(self, double now):
         """Give up on host-initiated streams the guest never answered (no listener)."""
@@ -230,33 +198,6 @@ cdef class Muxer:
     def _drop_client(self, fd: int) -> None:
         if self.clients.pop(fd, None) is not None:
             os.close(fd)
-
-    cpdef unsigned long long _alloc_port(self):
-        cdef unsigned long long port
-        while True:
-            port = self.next_port
-            self.next_port = FIRST_LOCAL_PORT if self.next_port >= 0xFFFFFFFF else self.next_port + 1
-            if port not in self._local_ports:
-                return port
-
-    cpdef _add(self, Connection c):
-        self.conns[c.key] = c
-        self._local_ports[c.local_port] = self._local_ports.get(c.local_port, 0) + 1
-        self.by_fd[c.fd] = c
-        self.metrics.open_streams = len(self.conns)
-
-    cpdef _remove(self, Connection c):
-        if self.conns.pop(c.key, None) is not None:
-            left = self._local_ports[c.local_port] - 1
-            if left:
-                self._local_ports[c.local_port] = left
-            else:
-                del self._local_ports[c.local_port]
-        self.connecting.pop(c.key, None)
-        self.by_fd.pop(c.fd, None)
-        self.rx_ready.pop(c.key, None)
-        c.close()
-        self.metrics.open_streams = len(self.conns)
 
     cdef _reset(self, Connection c):
         """Tear a stream down and tell the guest."""

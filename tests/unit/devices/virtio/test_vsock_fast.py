@@ -23,7 +23,8 @@ from devices.virtio.vsock import (
 from devices.virtio.vsock.connection import Connection, ConnState
 from devices.virtio.vsock.device import VsockDevice
 from devices.virtio.vsock.metrics import VsockMetrics
-from devices.virtio.vsock.muxer import Muxer, open_listener
+from devices.virtio.vsock.listener import open_listener
+from devices.virtio.vsock.muxer import Muxer
 from devices.virtio.vsock.packet import HDR_SIZE, Header
 
 CID = 5
@@ -399,10 +400,10 @@ def test_one_interrupt_per_turn(tmp_path):
     signals: list = []
     dev.mux.tx = dev.mux.rx = True
     dev.mux.tx_pending = dev.mux.tx_data = True
-    signals += [1] if loop.turn(None) else []
+    signals += [1] if loop.turn() else []
     assert len(signals) == 1
     dev.mux.tx = dev.mux.rx = False
-    signals += [1] if loop.turn(None) else []
+    signals += [1] if loop.turn() else []
     assert len(signals) == 1
     dev.close()
 
@@ -415,23 +416,23 @@ def test_header_only_tx_completions_ride_on_the_next_rx_interrupt(tmp_path):
     signals: list = []
     mux.tx, mux.rx = True, False
     mux.tx_pending, mux.tx_data = True, False  # a RESPONSE, say
-    signals += [1] if loop.turn(None) else []
-    assert not signals and loop.irq_owed is not None and loop.timeout_ms(None) <= device_loop.TX_IRQ_DELAY * 1000 + 1
+    signals += [1] if loop.turn() else []
+    assert not signals and loop.irq_owed is not None and loop.timeout_ms() <= device_loop.TX_IRQ_DELAY * 1000 + 1
     mux.rx = True  # the next turn has rx used buffers: one interrupt for both
     mux.tx_pending = True
-    signals += [1] if loop.turn(None) else []
+    signals += [1] if loop.turn() else []
     assert len(signals) == 1 and loop.irq_owed is None
     mux.rx = False
     mux.tx_pending = True
-    loop.turn(None)  # deferred again...
+    loop.turn()  # deferred again...
     assert len(signals) == 1
     mux.tx = False
     loop.irq_owed -= 1  # ...until its time is up: a turn with nothing else raises it
-    signals += [1] if loop.turn(None) else []
+    signals += [1] if loop.turn() else []
     assert len(signals) == 2 and loop.irq_owed is None
     mux.tx_data = True  # tx that moved stream data is never deferred
     mux.tx = mux.tx_pending = True
-    signals += [1] if loop.turn(None) else []
+    signals += [1] if loop.turn() else []
     assert len(signals) == 3
     dev.close()
 
