@@ -10,12 +10,15 @@ VMM the median per connect of: wall time; the time the VMM's threads were on a C
 (sched_switch accounting, QEMU's vhost worker included), the part of it in guest mode
 (kvm_entry to kvm_exit) and the rest, the host side's cost as the lab runs it, split into
 the vCPU threads' time outside guest mode and the other threads' (our device threads and
-main loop; QEMU's main loop and vhost worker); interrupts
-injected (the guest's timer left out), exits to user space, guest exits and HLT exits. Tracing slows both.
+main loop; QEMU's main loop and vhost worker), and each thread's share; interrupts
+injected (the guest's timer left out), exits to user space, guest exits and HLT exits. With `--events
+raw_syscalls/sys_enter,raw_syscalls/sys_exit` it also prints our device thread's user time
+between system calls (which step of a turn costs). Tracing slows both.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import statistics
@@ -139,6 +142,69 @@ def per_connect(text: str, pids: set[int]) -> list[dict[str, float]]:
     return out
 
 
+def _connects(text: str):
+    """(line match, inside a traced connect?, its index, its start time) per trace line."""
+    index, inside, start = -1, False, 0.0
+    for raw in text.splitlines():
+        m = LINE.match(raw)
+        if not m:
+            continue
+        if m["ev"] == "tracing_mark_write":
+            inside = m["rest"].startswith("MMK-BEGIN")
+            index += inside
+            start = float(m["t"]) if inside else start
+            continue
+        yield m, inside, index, start
+
+
+def per_thread(text: str) -> dict[str, tuple[float, float]]:
+    """Every thread that ran inside the traced connects: "comm-tid" -> (median times it
+    was switched in, median on-CPU ms), per connect."""
+    runs: dict = collections.defaultdict(lambda: collections.defaultdict(float))
+    count: dict = collections.defaultdict(lambda: collections.defaultdict(int))
+    running: dict[str, float] = {}
+    connects = set()
+    for m, inside, i, start in _connects(text):
+        if m["ev"] != "sched_switch":
+            continue
+        t = float(m["t"])
+        prev = re.search(r"prev_comm=(.*?) prev_pid=(\d+)", m["rest"])
+        nxt = re.search(r"next_comm=(.*?) next_pid=(\d+)", m["rest"])
+        name = f"{prev[1]}-{prev[2]}"
+        if name in running and inside:
+            runs[name][i] += (t - max(running[name], start)) * 1e3
+            count[name][i] += 1
+            connects.add(i)
+        running.pop(name, None)
+        running[f"{nxt[1]}-{nxt[2]}"] = t
+    n = len(connects)
+    med = lambda d: statistics.median([d.get(i, 0) for i in connects]) if n else 0.0  # noqa: E731
+    return {name: (med(count[name]), med(runs[name])) for name in runs}
+
+
+SYSCALLS = {0: "read", 1: "write", 3: "close", 7: "poll", 16: "ioctl", 19: "readv", 20: "writev", 41: "socket",
+            42: "connect", 44: "sendto", 45: "recvfrom", 46: "sendmsg", 288: "accept4"}
+
+
+def syscall_gaps(text: str) -> dict[str, tuple[int, float]]:
+    """With raw_syscalls events: the user-space time of the thread that accepts host
+    clients (our device thread) between one system call's return and the next call,
+    by (previous, next) call: "prev -> next" -> (count, median ms)."""
+    tid = next((m["tid"] for m, _, _, _ in _connects(text)
+                if m["ev"] == "sys_enter" and m["rest"].startswith("NR 288 ")), None)
+    gaps: dict[str, list[float]] = collections.defaultdict(list)
+    last = None
+    for m, inside, _, _ in _connects(text):
+        if m["tid"] != tid or m["ev"] not in ("sys_enter", "sys_exit"):
+            continue
+        name = SYSCALLS.get(int(m["rest"].split()[1]), m["rest"].split()[1])
+        if m["ev"] == "sys_exit":
+            last = (float(m["t"]), name)
+        elif last is not None and inside:
+            gaps[f"{last[1]} -> {name}"].append((float(m["t"]) - last[0]) * 1e3)
+    return {k: (len(v), statistics.median(v)) for k, v in gaps.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--connects", type=int, default=20)
@@ -176,6 +242,15 @@ def main() -> int:
                 vals = [r[key] for r in rows]
                 if vals:
                     print(f"  {key:11s} median {statistics.median(vals):7.2f}   min {min(vals):7.2f}   max {max(vals):7.2f}")
+            print("  threads per connect (median times switched in, on-CPU ms):")
+            for thread, (runs, ms) in sorted(per_thread(text).items(), key=lambda kv: -kv[1][1]):
+                if ms > 0.01:
+                    print(f"    {thread:24s} {runs:4.1f}  {ms:6.2f}")
+            gaps = syscall_gaps(text)
+            if gaps:
+                print("  device thread, user time between system calls (n, median ms):")
+                for k, (n, ms) in sorted(gaps.items(), key=lambda kv: -kv[1][0] * kv[1][1]):
+                    print(f"    {k:22s} {n:4d}  {ms:6.3f}")
     finally:
         suite.teardown()
     return 0
