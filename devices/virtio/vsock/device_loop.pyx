@@ -32,6 +32,9 @@ cdef extern from "unistd.h" nogil:
 
 # Longest a header-only tx completion waits for an rx interrupt to ride on (seconds).
 TX_IRQ_DELAY = 0.005
+# Longest a host close's SHUTDOWN waits for other work to ride along (seconds): a client
+# that reconnects at once is back within it, even on the lab's emulated CPU.
+CLOSE_IRQ_DELAY = 0.002
 DEF NFIXED = 4  # the three queue eventfds and the wake eventfd come first in the poll set
 
 
@@ -118,23 +121,6 @@ cdef class DeviceLoop:
             try:
                 if not self.turn(deadline):
                     continue
-                # After a host peer's close, what came while the turn ran rides on its
-                # interrupt: one more look without sleeping and one more turn at most. The
-                # usual case is a client's connect right after it closed its previous
-                # stream: the close's SHUTDOWN and the connect's REQUEST then reach the
-                # guest together and its RST and RESPONSE come back in one kick, where each
-                # would otherwise cost a hand-off between the guest and this thread (on
-                # one lab CPU, the guest runs its interrupt before this thread runs again).
-                # Other turns skip the look: there it is a poll() that mostly finds nothing.
-                if mux.host_closed:
-                    self._update_poll()
-                    n = self._poll(0)
-                    if n > 0:
-                        self._dispatch(n)
-                        if self.stopping:
-                            return
-                        self.turn(deadline)
-                        self.owed = -1  # whatever that turn deferred goes with this interrupt
                 # At once, before the poll set is rebuilt: the guest's handler reads and
                 # acks the interrupt status in C on the vCPU thread (devices/virtio/_mmio.pyx),
                 # so it does not wait for this thread to let go of the GIL.
@@ -218,27 +204,41 @@ cdef class DeviceLoop:
     cpdef bint turn(self, double deadline=-1) except? -1:
         """One round of work after a wake-up; True to raise one interrupt for all of it:
         virtio-mmio has one interrupt line and the driver's handler looks at every queue,
-        and each interrupt costs the guest two register exits. Completed tx packets that
-        were only headers (RESPONSE, RST, CREDIT_UPDATE...) hold nothing the guest waits
-        for: their interrupt rides on the next rx one, or comes TX_IRQ_DELAY later."""
+        and each interrupt costs the guest two register exits.
+
+        Work the guest waits for (stream data either way, a reply it expects, a transport
+        reset) raises the interrupt at once, together with any deferred one. Work it does
+        not wait for defers it: completed tx packets that were only headers (RESPONSE, RST,
+        CREDIT_UPDATE...) by up to TX_IRQ_DELAY, a host close's SHUTDOWN by up to
+        CLOSE_IRQ_DELAY. The usual case for the latter is a client that connects right
+        after closing its previous stream: the SHUTDOWN and the new REQUEST then reach the
+        guest in one interrupt and its RST and RESPONSE come back in one kick, where each
+        would otherwise cost a hand-off between the guest and this thread."""
         cdef Muxer mux = self.mux
-        cdef bint notify = False, tx = False
+        cdef bint notify = False, tx = False, reset = False, urgent
+        cdef double due
         act = self.act
         if 0 <= deadline <= monotonic():
             mux.expire(monotonic())
-        mux.host_closed = False
+        if not mux.control:
+            mux.rx_urgent = False  # else replies queued earlier still wait for rx buffers
         if self.dev._reset_event_pending:
-            notify = self.dev._send_reset_event(act)
+            reset = self.dev._send_reset_event(act)
         if mux.tx_pending:
             tx = mux.process_tx(act)
         if mux.fresh:
             mux.retry_fresh()
-        notify |= mux.process_rx(act)
-        if tx and not notify and not mux.tx_data:
-            if self.owed < 0:
-                self.owed = monotonic() + TX_IRQ_DELAY
+        notify = mux.process_rx(act)
+        urgent = reset or mux.tx_data or mux.rx_urgent
+        if urgent and (notify or tx or reset or self.owed >= 0):
+            self.owed = -1
+            return True
+        if notify or tx:
+            due = monotonic() + (CLOSE_IRQ_DELAY if notify else TX_IRQ_DELAY)
+            if self.owed < 0 or due < self.owed:
+                self.owed = due
             return False
-        if notify or tx or (self.owed >= 0 and monotonic() >= self.owed):
+        if self.owed >= 0 and monotonic() >= self.owed:
             self.owed = -1
             return True
         return False

@@ -13,7 +13,7 @@ cdef class Muxer(StreamTable):
     cdef public dict clients
     cdef public list fresh
     cdef public object control
-    cdef public bint rx_room, tx_pending, tx_data, host_closed, accept_burst
+    cdef public bint rx_room, tx_pending, tx_data, rx_urgent, accept_burst
     cdef public object _tx_hint, _tx_skip
 
     cpdef expire(self, double now)

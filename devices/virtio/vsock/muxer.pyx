@@ -79,7 +79,10 @@ cdef class Muxer(StreamTable):
         self._tx_skip = None  # (stream, bytes of the next packet sent)
         self.tx_pending = True  # tx packets may wait without a kick (we stopped early)
         self.tx_data = False
-        self.host_closed = False  # a host peer ended its stream in this turn (device_loop looks again)
+        # This turn queued something the guest waits for: a reply (REQUEST, RESPONSE, RST,
+        # CREDIT_UPDATE) or stream data. A host close's SHUTDOWN alone is not: its
+        # interrupt may wait a moment for a reconnect to ride along (device_loop.turn).
+        self.rx_urgent = False
         # Accept every pending client (until EAGAIN) when the listener is ready, or only
         # one. The device loop asks for one unless the listener was ready at its previous
         # wake-up too: a lone client (the usual connect) then costs no accept() that
@@ -194,6 +197,7 @@ cdef class Muxer(StreamTable):
         self._add(c)
         self.metrics.host_connects += 1
         self.control.append(self._hdr(c, OP_REQUEST))
+        self.rx_urgent = True
 
     def _drop_client(self, fd: int) -> None:
         if self.clients.pop(fd, None) is not None:
@@ -202,6 +206,7 @@ cdef class Muxer(StreamTable):
     cdef _reset(self, Connection c):
         """Tear a stream down and tell the guest."""
         self.control.append(self._hdr(c, OP_RST))
+        self.rx_urgent = True
         self.metrics.resets_sent += 1
         self._remove(c)
 
@@ -216,6 +221,7 @@ cdef class Muxer(StreamTable):
         """RST for a packet from guest port `src_port` to host port `dst_port` that has no stream."""
         self.metrics.resets_sent += 1
         self.control.append(_pack(HOST_CID, self.guest_cid, dst_port, src_port, 0, OP_RST, 0, CONN_BUF_ALLOC, 0))
+        self.rx_urgent = True
 
     # -- guest → host (tx queue) -----------------------------------------------------
     def _count_invalid_packet(self) -> None:
@@ -414,6 +420,7 @@ cdef class Muxer(StreamTable):
     cdef _credit_update(self, Connection c):
         self.metrics.credit_updates_sent += 1
         self.control.append(self._hdr(c, OP_CREDIT_UPDATE))
+        self.rx_urgent = True
 
     cdef _guest_shutdown(self, Connection c, unsigned int flags):
         c.peer_shutdown |= flags & (SHUTDOWN_RCV | SHUTDOWN_SEND)
@@ -444,6 +451,7 @@ cdef class Muxer(StreamTable):
         self._add(c)
         self.metrics.guest_connects += 1
         self.control.append(self._hdr(c, OP_RESPONSE))
+        self.rx_urgent = True
 
     # -- host → guest (rx queue) -----------------------------------------------------
     cpdef bint process_rx(self, act) except? -1:
@@ -529,6 +537,7 @@ cdef class Muxer(StreamTable):
             with nogil:  # a copy of stream data: worth letting the GIL go for
                 stop = rx_stream_c(sq, c.fd, hdr, <uint32_t>credit, &packets, &got)
             if packets:
+                self.rx_urgent = True
                 c.last_fwd_cnt_sent = c.fwd_cnt  # the guest learnt our fwd_cnt from these
                 c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
                 self.metrics.rx_bytes += got
@@ -566,6 +575,7 @@ cdef class Muxer(StreamTable):
                 c.rx_prefix = c.rx_prefix[got:]
                 c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
                 self.metrics.rx_bytes += got
+                self.rx_urgent = True
                 chain.write(0, self._hdr(c, OP_RW, got))
                 return HDR_SIZE + got
             try:
@@ -582,6 +592,7 @@ cdef class Muxer(StreamTable):
                 return HDR_SIZE
             c.rx_cnt = (c.rx_cnt + got) & 0xFFFFFFFF
             self.metrics.rx_bytes += got
+            self.rx_urgent = True
             chain.write(0, self._hdr(c, OP_RW, got))
             return HDR_SIZE + got
         return None
@@ -594,7 +605,6 @@ cdef class Muxer(StreamTable):
         then for our RST (one round trip and one interrupt less per closed stream)."""
         self.rx_ready.pop(c.key, None)
         c.host_eof = True
-        self.host_closed = True
         flags = SHUTDOWN_SEND | (SHUTDOWN_RCV if c.host_hup else 0)
         self.control.append(self._hdr(c, OP_SHUTDOWN, 0, flags))
 

@@ -375,14 +375,16 @@ def test_credit_update_when_the_guest_sees_less_than_half_free():
 
 class ScriptedMuxer(Muxer):
     """A muxer whose process_tx / process_rx report what the test sets in `tx` / `rx`
-    (whether the driver wants an interrupt), for the device loop's interrupt policy."""
+    (whether the driver wants an interrupt), and whose rx work is something the guest
+    waits for when `urgent` is set, for the device loop's interrupt policy."""
 
-    tx = rx = False
+    tx = rx = urgent = False
 
     def process_tx(self, act):
         return self.tx
 
     def process_rx(self, act):
+        self.rx_urgent = self.urgent
         return self.rx
 
 
@@ -398,7 +400,7 @@ def scripted_loop(tmp_path):
 def test_one_interrupt_per_turn(tmp_path):
     dev, loop = scripted_loop(tmp_path)
     signals: list = []
-    dev.mux.tx = dev.mux.rx = True
+    dev.mux.tx = dev.mux.rx = dev.mux.urgent = True
     dev.mux.tx_pending = dev.mux.tx_data = True
     signals += [1] if loop.turn() else []
     assert len(signals) == 1
@@ -418,11 +420,11 @@ def test_header_only_tx_completions_ride_on_the_next_rx_interrupt(tmp_path):
     mux.tx_pending, mux.tx_data = True, False  # a RESPONSE, say
     signals += [1] if loop.turn() else []
     assert not signals and loop.irq_owed is not None and loop.timeout_ms() <= device_loop.TX_IRQ_DELAY * 1000 + 1
-    mux.rx = True  # the next turn has rx used buffers: one interrupt for both
+    mux.rx = mux.urgent = True  # the next turn has stream data for the guest: one interrupt for both
     mux.tx_pending = True
     signals += [1] if loop.turn() else []
     assert len(signals) == 1 and loop.irq_owed is None
-    mux.rx = False
+    mux.rx = mux.urgent = False
     mux.tx_pending = True
     loop.turn()  # deferred again...
     assert len(signals) == 1
@@ -434,6 +436,27 @@ def test_header_only_tx_completions_ride_on_the_next_rx_interrupt(tmp_path):
     mux.tx = mux.tx_pending = True
     signals += [1] if loop.turn() else []
     assert len(signals) == 3
+    dev.close()
+
+
+def test_a_host_close_waits_a_moment_for_a_reconnect(tmp_path):
+    """A SHUTDOWN from a host close is all a turn has for the guest: its interrupt waits
+    up to CLOSE_IRQ_DELAY; a reply the guest waits for (a reconnect's REQUEST) in that
+    time takes it along at once; without one it is raised when the time is up."""
+    from devices.virtio.vsock import device_loop
+
+    dev, loop = scripted_loop(tmp_path)
+    mux = dev.mux
+    mux.rx, mux.tx_data = True, False  # used rx buffers, none urgent: the SHUTDOWN
+    assert not loop.turn() and loop.timeout_ms() <= device_loop.CLOSE_IRQ_DELAY * 1000 + 1
+    mux.rx = False  # the REQUEST's buffer needs no interrupt of its own (EVENT_IDX)...
+    mux.urgent = True  # ...but the guest waits for it: the owed interrupt goes now
+    assert loop.turn() and loop.irq_owed is None
+    mux.rx, mux.urgent = True, False  # another lone close
+    assert not loop.turn()
+    loop.irq_owed -= 1
+    mux.rx = False
+    assert loop.turn() and loop.irq_owed is None
     dev.close()
 
 
