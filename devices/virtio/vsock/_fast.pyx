@@ -1,20 +1,16 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """virtio-vsock's per-packet work in C, GIL released: no Python object per packet.
 
-`rx_stream(queue, fd, header, credit)`: host → guest for one established stream: one
-readv() from the stream's socket straight into the payload areas of up to MAX_CHAINS
-available rx chains (after each 44-byte header), then each filled chain gets the header
-(a template from the muxer: ports, buf_alloc, fwd_cnt, op RW) with its length. Stops at
-the credit, when the socket has nothing (EAGAIN, or a short read) or is at EOF, or when a
-chain does not fit (left for the Python path).
+`rx_stream_c(queue, fd, header, credit, ...)` (C level, _fast.pxd): host → guest for one
+established stream, one readv() into up to MAX_CHAINS rx chains.
 
 `tx_stream(queue, fd, guest_cid, src_port, dst_port, limit)`: guest → host for one
 established stream: consecutive well-formed RW packets of that stream are sent with one
 sendmsg() per batch, payload straight from guest memory. A packet the socket takes only
 in part is left unconsumed with how much was sent, so the Python path buffers the rest.
 
-`tx_packet()` and `decode()` (C level, _fast.pxd): one tx chain's header and payload, for
-the muxer's own loop over header-only packets (muxer.pyx).
+`tx_packet()`, `decode()`, `pack()` / `pack_into()` (C level, _fast.pxd): one tx chain's
+header and payload, and the wire header read and written, for the muxer (muxer.pyx).
 `accept_connects(fd)` / `take_connect(fd, prior)`: the host side's `CONNECT <port>\n`
 handshake, one recv() per client (no MSG_PEEK round): bytes after the line come back to
 the caller as the start of the stream. `connect_unix`, `send_bytes`, `send_views` and
@@ -25,6 +21,7 @@ Every buffer is a host pointer from the queue's translate() (checked against gue
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENAMETOOLONG
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 import os
 
@@ -64,7 +61,6 @@ cdef extern from "unistd.h" nogil:
     int close(int fd)
 
 DEF F_WRITE = 2
-DEF HDR = 44
 DEF OFF_SRC_CID = 0
 DEF OFF_DST_CID = 8
 DEF OFF_SRC_PORT = 16
@@ -88,8 +84,6 @@ DEF SHORT_SEND = 4096  # send_bytes() up to this keeps the GIL
 # in the middle of a connect. Data copies (readv/sendmsg of stream bytes) do let go.
 
 # S_*: the stop reasons (_fast.pxd)
-STOP_EMPTY, STOP_SLOW, STOP_BLOCKED, STOP_EOF, STOP_CREDIT, STOP_ERROR, STOP_DATA, STOP_FULL = (
-    S_EMPTY, S_SLOW, S_BLOCKED, S_EOF, S_CREDIT, S_ERROR, S_DATA, S_FULL)
 # take_connect() results besides a port
 CONNECT_PENDING, CONNECT_BAD, CONNECT_GONE = -1, -2, -3
 CONNECT_MAX_LINE = MAX_LINE
@@ -104,16 +98,16 @@ cdef int _rx_chain(SplitQueue q, uint16_t ahead, iovec *iov, int *niov, uint32_t
     cdef int rc = q.peek_at(ahead, head, &count)
     if rc != PEEK_CHAIN:
         return S_EMPTY if rc == PEEK_EMPTY else S_SLOW
-    if count > MAX_IOV - start or q._lens[0] < HDR or not q._flags[0] & F_WRITE:
+    if count > MAX_IOV - start or q._lens[0] < HDR_LEN or not q._flags[0] & F_WRITE:
         return S_SLOW
     first[0] = q.translate(q._addrs[0], q._lens[0])
     if first[0] == NULL:
         return S_SLOW
     cap[0] = 0
-    room = q._lens[0] - HDR
+    room = q._lens[0] - HDR_LEN
     if room and want:
         take = room if room < want else want
-        iov[niov[0]].iov_base = first[0] + HDR
+        iov[niov[0]].iov_base = first[0] + HDR_LEN
         iov[niov[0]].iov_len = take
         niov[0] += 1
         want -= take
@@ -136,23 +130,14 @@ cdef int _rx_chain(SplitQueue q, uint16_t ahead, iovec *iov, int *niov, uint32_t
     return S_OK
 
 
-def rx_stream(SplitQueue q, int fd, bytes header, uint32_t credit):
-    """Returns (stop, packets, bytes) (rx_stream_c, the GIL let go)."""
-    cdef uint8_t hdr[HDR]
-    cdef uint64_t packets = 0, total = 0
-    cdef int stop
-    if len(header) != HDR:
-        raise ValueError("a vsock header is 44 bytes")
-    memcpy(hdr, <const char *>header, HDR)
-    with nogil:
-        stop = rx_stream_c(q, fd, hdr, credit, &packets, &total)
-    return stop, packets, total
-
-
 cdef int rx_stream_c(SplitQueue q, int fd, uint8_t *hdr, uint32_t credit, uint64_t *packets,
                      uint64_t *total) noexcept nogil:
-    """rx_stream() at C level: `hdr` the 44-byte template (its length field is written
-    per chain); adds to *packets and *total, returns the stop reason."""
+    """Host → guest for one established stream: one readv() from `fd` straight into the
+    payload areas of up to MAX_CHAINS available rx chains (after each 44-byte header),
+    then each filled chain gets `hdr` (the template: ports, buf_alloc, fwd_cnt, op RW)
+    with its length. Stops at the credit, when the socket has nothing (EAGAIN, or a short
+    read) or is at EOF, or when a chain does not fit (left for the Python path). Adds to
+    *packets and *total, returns the stop reason. Call it without the GIL."""
     cdef iovec iov[MAX_IOV]
     cdef uint16_t heads[MAX_CHAINS]
     cdef uint8_t *firsts[MAX_CHAINS]
@@ -193,9 +178,9 @@ cdef int rx_stream_c(SplitQueue q, int fd, uint8_t *hdr, uint32_t credit, uint64
             length = caps[i] if caps[i] < r else <uint32_t>r
             r -= length
             memcpy(hdr + OFF_LEN, &length, 4)
-            memcpy(firsts[i], hdr, HDR)
+            memcpy(firsts[i], hdr, HDR_LEN)
             q.consume()
-            q.put_used(heads[i], HDR + length)
+            q.put_used(heads[i], HDR_LEN + length)
             packets[0] += 1
         if got < asked:
             stop = S_BLOCKED  # a short read: the socket is drained for now (poll says when not)
@@ -208,17 +193,17 @@ cdef int tx_packet(SplitQueue q, uint16_t ahead, uint8_t *hdr, uint16_t *head, i
     """Peek tx chain `ahead`: its header into `hdr`, its payload (the header's length,
     which must be there) onto iov[niov...]. S_OK, or the S_* reason it is not for C."""
     cdef uint32_t count, i, length, start = niov[0]
-    cdef uint64_t have = 0, skip = HDR
+    cdef uint64_t have = 0, skip = HDR_LEN
     cdef uint8_t *p
     cdef int rc = q.peek_at(ahead, head, &count)
     if rc != PEEK_CHAIN:
         return S_EMPTY if rc == PEEK_EMPTY else S_SLOW
-    if count > MAX_IOV - start or q._lens[0] < HDR or q._flags[0] & F_WRITE:
+    if count > MAX_IOV - start or q._lens[0] < HDR_LEN or q._flags[0] & F_WRITE:
         return S_SLOW
     p = q.translate(q._addrs[0], q._lens[0])
     if p == NULL:
         return S_SLOW
-    memcpy(hdr, p, HDR)
+    memcpy(hdr, p, HDR_LEN)
     memcpy(&length, hdr + OFF_LEN, 4)
     for i in range(count):
         if i:
@@ -254,6 +239,32 @@ cdef void decode(const uint8_t *hdr, Header *h) noexcept nogil:
     memcpy(&h.fwd_cnt, hdr + OFF_FWD_CNT, 4)
 
 
+cdef bytes pack(uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t dst_port, uint32_t length,
+                uint16_t op, uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt):
+    """A stream packet's header as 44 bytes (pack_into), for the muxer's control queue."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, HDR_LEN)
+    pack_into(<uint8_t *>PyBytes_AS_STRING(out), src_cid, dst_cid, src_port, dst_port, length, op, flags,
+              buf_alloc, fwd_cnt)
+    return out
+
+
+cdef void pack_into(uint8_t *p, uint64_t src_cid, uint64_t dst_cid, uint32_t src_port, uint32_t dst_port,
+                    uint32_t length, uint16_t op, uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt) noexcept nogil:
+    """decode() the other way: a stream packet's wire header into p[0:44] (type STREAM),
+    in C where struct.pack would cost a Python call per packet."""
+    cdef uint16_t type_ = TYPE_STREAM
+    memcpy(p + OFF_SRC_CID, &src_cid, 8)
+    memcpy(p + OFF_DST_CID, &dst_cid, 8)
+    memcpy(p + OFF_SRC_PORT, &src_port, 4)
+    memcpy(p + OFF_DST_PORT, &dst_port, 4)
+    memcpy(p + OFF_LEN, &length, 4)
+    memcpy(p + OFF_TYPE, &type_, 2)
+    memcpy(p + OFF_OP, &op, 2)
+    memcpy(p + OFF_FLAGS, &flags, 4)
+    memcpy(p + OFF_BUF_ALLOC, &buf_alloc, 4)
+    memcpy(p + OFF_FWD_CNT, &fwd_cnt, 4)
+
+
 cdef bint _is_rw_of(uint8_t *hdr, uint64_t guest_cid, uint32_t src_port, uint32_t dst_port,
                     uint64_t limit) noexcept nogil:
     cdef Header h
@@ -269,7 +280,7 @@ def tx_stream(SplitQueue q, int fd, uint64_t guest_cid, uint32_t src_port, uint3
     fields of the last packet consumed (0, 0 if none)."""
     cdef iovec iov[MAX_IOV]
     cdef msghdr msg
-    cdef uint8_t hdr[HDR]
+    cdef uint8_t hdr[HDR_LEN]
     cdef uint16_t heads[MAX_CHAINS]
     cdef uint32_t lens[MAX_CHAINS]
     cdef uint32_t bufs[MAX_CHAINS]

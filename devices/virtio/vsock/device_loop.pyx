@@ -50,7 +50,6 @@ cdef class DeviceLoop:
 
     cdef object dev, act
     cdef Muxer mux
-    cdef int wake_fd
     cdef public bint stopping
     cdef double owed  # when a deferred tx interrupt is due (monotonic seconds), -1 for none
     # None, or a collections.Counter that gets each wake-up's cause ("kick1", "listener",
@@ -66,7 +65,6 @@ cdef class DeviceLoop:
 
     def __init__(self, dev, act):
         self.dev, self.act, self.mux = dev, act, dev.mux
-        self.wake_fd = dev._wake
         self.stopping = False
         self.owed = -1
         self.wake_causes = None
@@ -75,7 +73,7 @@ cdef class DeviceLoop:
         if len(events) != 3:
             raise ValueError("virtio-vsock has three queues")
         self._grow(NFIXED)
-        for i, fd in enumerate(events + [self.wake_fd]):
+        for i, fd in enumerate(events + [dev._wake]):
             self.fds[i].fd, self.fds[i].events = fd, C_POLLIN
         self.nfds = NFIXED
 
@@ -183,8 +181,8 @@ cdef class DeviceLoop:
         self.wake_causes["+".join(sorted(causes)) or "timeout"] += 1
 
     cdef _update_poll(self):
-        """The poll set after the muxer's current interest (Muxer.interest() as C): the
-        listener, clients waiting for their CONNECT line, and each stream with a mask."""
+        """The poll set after the muxer's current interest: the listener, clients waiting
+        for their CONNECT line, and each stream with a mask (Muxer.poll_mask)."""
         cdef Muxer mux = self.mux
         cdef Connection c
         cdef unsigned long i = NFIXED + 1
@@ -216,10 +214,12 @@ cdef class DeviceLoop:
         would otherwise cost a hand-off between the guest and this thread."""
         cdef Muxer mux = self.mux
         cdef bint notify = False, tx = False, reset = False, urgent
-        cdef double due
+        cdef double due, now
         act = self.act
-        if 0 <= deadline <= monotonic():
-            mux.expire(monotonic())
+        if deadline >= 0:
+            now = monotonic()
+            if deadline <= now:
+                mux.expire(now)
         if not mux.control:
             mux.rx_urgent = False  # else replies queued earlier still wait for rx buffers
         if self.dev._reset_event_pending:

@@ -17,7 +17,7 @@ cdef class Muxer(StreamTable):
     cdef public object _tx_hint, _tx_skip
 
     cpdef expire(self, double now)
-    cdef int poll_mask(self, Connection c)
+    cpdef int poll_mask(self, Connection c)
     cpdef on_ready(self, int fd, int events)
     cdef _accept(self)
     cpdef retry_fresh(self)

@@ -28,13 +28,13 @@ from libc.string cimport memcpy
 
 from devices.virtio._queue cimport PEEK_CHAIN, SplitQueue
 from devices.virtio.vsock._fast cimport (
-    HDR_LEN, MAX_IOV, S_BLOCKED, S_CREDIT, S_DATA, S_EMPTY, S_EOF, S_ERROR, S_FULL, S_OK, Header as WireHeader, decode, iovec, rx_stream_c,
-    tx_packet,
+    HDR_LEN, MAX_IOV, S_BLOCKED, S_CREDIT, S_DATA, S_EMPTY, S_EOF, S_ERROR, S_FULL, S_OK, Header as WireHeader,
+    decode, iovec, pack as _pack, pack_into as _pack_into, rx_stream_c, tx_packet,
 )
 from devices.virtio.vsock.connection cimport Connection, stream_key
 from devices.virtio.vsock.metrics cimport VsockMetrics
 from devices.virtio.vsock.streams cimport StreamTable
-from devices.virtio.vsock.wire cimport monotonic, pack as _pack, pack_into as _pack_into, send_ok as _send_ok
+from devices.virtio.vsock.wire cimport monotonic, send_ok as _send_ok
 
 from .connection import ConnState
 from .packet import HDR_SIZE, Header
@@ -52,6 +52,7 @@ cdef object ESTABLISHED = ConnState.ESTABLISHED, CONNECTING = ConnState.CONNECTI
 cdef int CONNECT_PENDING = _fast.CONNECT_PENDING, CONNECT_BAD = _fast.CONNECT_BAD
 cdef int F_WRITE = 2  # VIRTQ_DESC_F_WRITE
 
+# _tx_turn_fast() / _rx_fast() results
 cdef enum:
     T_AGAIN = 0   # packets were taken: go on
     T_EMPTY = 1   # the queue is empty
@@ -97,19 +98,9 @@ cdef class Muxer(StreamTable):
                 self._reset(self.conns[key])
 
     # -- poll interest ---------------------------------------------------------------
-    def interest(self) -> dict:
-        """fd -> poll mask for every socket that has one right now (the others: nothing
-        to wait for). The device loop fills its poll set from the same parts in C."""
-        want = dict.fromkeys(self.clients, POLLIN)
-        want[self.listener_fd] = POLLIN
-        for c in self.by_fd.values():
-            mask = self.poll_mask(c)
-            if mask:
-                want[c.fd] = mask
-        return want
-
-    cdef int poll_mask(self, Connection c):
-        """What to poll stream `c`'s socket for: input while the guest has rx buffers and
+    cpdef int poll_mask(self, Connection c):
+        """What to poll stream `c`'s socket for (the device loop polls the listener and
+        the clients waiting for their line too): input while the guest has rx buffers and
         credit for it (and it is not queued for reading already), output while guest data
         or a half-close waits for the socket."""
         cdef int mask = 0
@@ -512,7 +503,7 @@ cdef class Muxer(StreamTable):
         return done
 
     cdef int _rx_fast(self, q) except -1:
-        """Stream data for the guest in C (_fast.rx_stream), stream by stream, within each
+        """Stream data for the guest in C (_fast.rx_stream_c), stream by stream, within each
         stream's credit. R_DONE: nothing more is ready; R_NO_ROOM: the guest must post
         buffers; R_PYTHON: the first ready stream needs the generic path (EOF, an error,
         a chain the C path does not take)."""

@@ -352,7 +352,7 @@ def test_a_credit_starved_stream_is_read_in_the_turn_its_credit_arrives(rig):
     for _ in range(4):
         rig.dqs[0].add([], [HDR_SIZE + 4096])
     rig.host.sendall(b"w" * 5000)
-    assert not rig.mux.interest().get(rig.conn.fd, 0) & select.POLLIN  # out of credit: not polled
+    assert not rig.mux.poll_mask(rig.conn) & select.POLLIN  # out of credit: not polled
     rig.tx(OP_CREDIT_UPDATE, fwd_cnt=4096, buf_alloc=4096)
     rig.mux.process_tx(rig.act)
     rig.mux.process_rx(rig.act)  # no poll round in between
