@@ -264,11 +264,14 @@ class Machine:
 
     def _on_exit(self, thread, reason) -> bool:
         from vmm._fast.runloop import RunExit
+        from vmm.vcpus import where_stopped
 
         if reason == RunExit.HLT:
             return True  # only without an in-kernel LAPIC; the next interrupt wakes it
+        if reason == RunExit.SHUTDOWN:  # the registers say where: the first clue to chase
+            self._finish(_ended("triple_fault", detail=f"vCPU {thread.index}: triple fault{where_stopped(thread.vcpu)}"))
+            return False
         end = {
-            RunExit.SHUTDOWN: _ended("triple_fault", detail=f"vCPU {thread.index}: triple fault"),
             RunExit.POWEROFF: _ended("poweroff"),
             RunExit.RESET: _ended("reboot"),
             RunExit.CRASH: _ended("panic", detail="KVM system event: crash"),

@@ -151,6 +151,17 @@ def exit_details(vcpu, reason) -> str:
     return name
 
 
+def where_stopped(vcpu) -> str:
+    """ " at rip=... rsp=... (cr0 cr2 cr3 cr4)" of a vCPU that has stopped, for an exit's
+    detail (the first thing to read when a guest triple-faults); "" when KVM will not say."""
+    try:
+        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+    except Exception:  # a detail must never turn a clean end into a crash
+        return ""
+    return (f" at rip={regs.rip:#x} rsp={regs.rsp:#x} (cr0={sregs.cr0:#x} cr2={sregs.cr2:#x}"
+            f" cr3={sregs.cr3:#x} cr4={sregs.cr4:#x})")
+
+
 def _default_on_exit(thread: VcpuThread, reason) -> bool:
     return False
 

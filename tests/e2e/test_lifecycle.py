@@ -16,6 +16,7 @@ import re
 
 import pytest
 
+from tests.e2e.conftest import GUEST_TRIPLE_FAULT
 from tests.e2e.mm_shell import IMAGE, MMShell, explain, values
 
 WORKLOAD = ('echo boot >> /root/boots; echo "started boots=$(wc -l < /root/boots)"; i=0; '
@@ -224,11 +225,14 @@ def test_kill_9_of_a_worker_then_ps_and_prune_tell_the_truth(mm):
 
 
 # Ten concurrent boots on the lab's two emulated CPUs take 5-8 minutes, and a lab that
-# dies under the load is booted afresh and the script run once more (conftest.py).
+# dies under the load is booted afresh and the script run once more (conftest.py); so is
+# a script under which a guest triple-faulted in the lab (two of the ten did in one CI run
+# of 2026-12-04, early in their boot), the lab's fault of docs/lab.md, not retried on a
+# hardware-KVM host.
 @pytest.mark.timeout(1500)
 def test_ten_machines_at_once(mm):
     r = sh(mm, f"""
-        names=$(seq -f c%g 10)
+        names=$(seq -f c%g 10); rm -f unreachable.txt
         for n in $names; do (run -d --name $n -m 64m {IMAGE} sleep 2147483647 >$n.id 2>$n.err; echo $? >$n.rc) & done
         wait
         for n in $names; do echo "rc_$n=$(cat $n.rc)"; done
@@ -240,6 +244,8 @@ def test_ten_machines_at_once(mm):
                 n=$(jq -r --arg ip "$ip" '.[] | select(.ip == $ip) | .name' ten.json)
                 {{ echo "== $n ($ip) did not answer"; "$MM" inspect "$n" --json | jq -c '{{state, exit_code, error}}'
                    "$MM" logs --console -n 15 "$n"; }} >>unreachable.txt 2>&1
+                # The lab's known guest fault (docs/lab.md): GuestHost runs the script once more.
+                "$MM" inspect "$n" --json | jq -r .error | grep -q "triple fault" && echo "mm: machine $n {GUEST_TRIPLE_FAULT}" >&2
             fi
         done
         "$MM" rm -f $names >rm.txt; echo rm=$?

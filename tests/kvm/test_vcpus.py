@@ -145,3 +145,23 @@ def test_exit_details_for_an_internal_error(kvm):
         assert exit_.reason in (RunExit.INTERNAL_ERROR, RunExit.SHUTDOWN)
         text = exit_details(t.vm.vcpus[0], exit_.reason)
         assert text.startswith(exit_.reason.name)
+
+
+def test_where_a_stopped_vcpu_stopped(kvm):
+    from vmm.vcpus import where_stopped
+
+    with TestVm(kvm, "int3") as t:
+        t.run()
+        regs = t.vm.vcpus[0].get_regs()
+        text = where_stopped(t.vm.vcpus[0])
+        assert text.startswith(f" at rip={regs.rip:#x} rsp={regs.rsp:#x} (cr0=") and " cr3=" in text
+
+
+def test_where_says_nothing_when_kvm_will_not():
+    from vmm.vcpus import where_stopped
+
+    class Gone:
+        def get_regs(self):
+            raise OSError(9, "Bad file descriptor")
+
+    assert where_stopped(Gone()) == ""
