@@ -8,8 +8,12 @@ kernel, which inherits QEMU's cgroups but not its affinity) on another. That com
 one CPU against two. `--peer-cpus same` (the default) confines the peer the way we are
 confined: one CPU picked by the rule ours uses (vmm.worker.affinity.default_cpuset), set
 with `taskset` for QEMU's own threads and a cgroup v2 cpuset for the kernel workers it
-owns. `--peer-cpus any` leaves it free. Outside the lab (the variable unset) neither
-side is confined and this adds nothing.
+owns. `--peer-cpus any` leaves it free. `--peer-cpus split` puts every VM of either VMM on
+the same lab CPU (the last one) and the harness, with the host-side clients it runs, on
+the others: a VM's CPU is then not drawn afresh per run, and the client never takes
+turns with the VM it measures, which takes both sources of run-to-run spread out of
+the figures for both sides alike. Outside the lab (the variable unset) neither side is
+confined and this adds nothing.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-CHOICES = ("same", "any")
+CHOICES = ("same", "any", "split")
+_START_CPUS = sorted(os.sched_getaffinity(0))  # before confine_harness() narrows ours
 
 
 def _cpuset_cgroup(cpu: int) -> Path | None:
@@ -35,15 +40,44 @@ def _cpuset_cgroup(cpu: int) -> Path | None:
     return group
 
 
+def _split(env: dict[str, str] | None = None) -> tuple[int, list[int]] | None:
+    """split mode's (VM CPU, harness CPUs): the last CPU we started with and the rest;
+    None where our VMs are not confined or there is one CPU (then split is same)."""
+    from vmm.worker.affinity import ENV, SINGLE
+
+    if (os.environ if env is None else env).get(ENV) != SINGLE or len(_START_CPUS) < 2:
+        return None
+    return _START_CPUS[-1], _START_CPUS[:-1]
+
+
+def confine_harness(mode: str, env: dict[str, str] | None = None) -> None:
+    """split mode: move the calling process (the harness, and the clients it starts) off
+    the VMs' CPU. Other modes: nothing."""
+    split = _split(env) if mode == "split" else None
+    if split is not None:
+        os.sched_setaffinity(0, split[1])
+
+
+def ours_prefix(mode: str, env: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The argv prefix of one of our runs: split mode gives our VMM the VMs' CPU (it then
+    picks its one CPU from that set, vmm.worker.affinity); otherwise nothing."""
+    split = _split(env) if mode == "split" else None
+    return () if split is None else ("taskset", "-c", str(split[0]))
+
+
 def peer_prefix(mode: str, env: dict[str, str] | None = None) -> tuple[str, ...]:
     """The argv prefix that confines one peer run (a CPU picked afresh each run, as each
-    of our VMs gets its own by its id). Empty when `mode` is "any" or our VMs are not
-    confined either."""
+    of our VMs gets its own by its id; in split mode the VMs' CPU). Empty when `mode` is
+    "any" or our VMs are not confined either."""
     from vmm.worker.affinity import default_cpuset
 
     if mode not in CHOICES:
         raise ValueError(f"--peer-cpus is one of {', '.join(CHOICES)}, not {mode!r}")
-    cpuset = default_cpuset(os.urandom(4).hex(), env) if mode == "same" else None
+    split = _split(env) if mode == "split" else None
+    if split is not None:
+        cpuset = [split[0]]
+    else:
+        cpuset = default_cpuset(os.urandom(4).hex(), env) if mode in ("same", "split") else None
     if not cpuset:
         return ()
     cpu = cpuset[0]
@@ -63,4 +97,8 @@ def describe(mode: str, env: dict[str, str] | None = None) -> str:
     if mode == "any":
         return "each of our VMs on one lab CPU, QEMU on any"
     how = "taskset, and a cgroup cpuset for any vhost worker" if _cpuset_cgroup(0) else "taskset only"
+    split = _split(env) if mode == "split" else None
+    if split is not None:
+        return (f"every VM of either VMM on lab CPU {split[0]}, the harness and its clients on "
+                f"{','.join(map(str, split[1]))} (QEMU: {how})")
     return f"each VM of either VMM on one lab CPU picked per run (QEMU: {how})"

@@ -229,7 +229,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=int, default=8, help="virtio suites: seconds per workload")
     p.add_argument("--no-jail", action="store_true", help="run suite: mm run --no-jail")
     p.add_argument("--peer-cpus", choices=peer_cpus.CHOICES, default="same",
-                   help="same: QEMU confined to CPUs as each of our VMs is (the lab: one CPU); any: unconfined")
+                   help="same: QEMU confined to CPUs as each of our VMs is (the lab: one CPU); any: unconfined; "
+                        "split: every VM of both on one lab CPU, the harness and its clients on the others")
     return p
 
 
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_suite(args.suite, args)
     contenders, details = SUITES[args.suite](args)
+    peer_cpus.confine_harness(args.peer_cpus)
     details += f"; {peer_cpus.describe(args.peer_cpus)}"
     if args.gap:
         details += f"; {args.gap:g} s of quiet before every run"
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(args, contenders: list[Contender], details: str) -> int:
     """Warm-up rounds, then the measured ones, alternating; results saved after every run."""
     def prefix(c: Contender) -> tuple[str, ...]:
-        return () if c.name == "mm" else peer_cpus.peer_prefix(args.peer_cpus)
+        return (peer_cpus.ours_prefix if c.name == "mm" else peer_cpus.peer_prefix)(args.peer_cpus)
 
     for c in contenders * args.warmup:
         time.sleep(args.gap)

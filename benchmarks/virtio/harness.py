@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import time
 from pathlib import Path
 
 from benchmarks import peer_cpus
@@ -69,7 +70,7 @@ def markdown(suite, meta: dict, summary: dict, runs: list[dict]) -> str:
 
 def run_suite(name: str, args) -> int:
     """`args`: the sidebyside.py options (rounds, cpus, memory, kernel, append, qemu, timeout,
-    out, peer_cpus) plus `seconds` (per workload)."""
+    out, peer_cpus, gap, warmup) plus `seconds` (per workload)."""
     from vmm.kernel import kernel_path
 
     args.kernel = args.kernel or str(kernel_path("vmlinux"))
@@ -79,9 +80,14 @@ def run_suite(name: str, args) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     suite = SUITES[name](args)
     details = suite.setup()
+    peer_cpus.confine_harness(args.peer_cpus)
+    details += f"; {peer_cpus.describe(args.peer_cpus)}"
+    if args.gap:
+        details += f"; {args.gap:g} s of quiet before every run"
+    if args.warmup:
+        details += f"; {args.warmup} unmeasured warm-up round(s) first"
     meta = {"suite": name, "when": utc_now(), "host": platform.node(), "rounds": args.rounds,
-            "details": (f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}; "
-                        f"{peer_cpus.describe(args.peer_cpus)}"),
+            "details": f"kernel {args.kernel}, {args.cpus} vCPU, {args.mem_mib} MiB; {details}",
             "commit": commit(watched=("vmm", "devices", "benchmarks"))}
     runs: list[dict] = []
     contenders = []
@@ -94,13 +100,20 @@ def run_suite(name: str, args) -> int:
                               out=Path(args.out))
         return stem, md
 
+    def one(cname: str, argv: list[str], prefix: tuple) -> dict:
+        time.sleep(args.gap)
+        confine = (peer_cpus.peer_prefix if cname == PEER else peer_cpus.ours_prefix)(args.peer_cpus)
+        return run_once(suite, cname, argv, (*confine, *prefix), args.timeout)
+
     try:
         contenders = suite.contenders()
         meta["argv"] = {c: a for c, a, _ in contenders}
+        for cname, argv, prefix in contenders * args.warmup:
+            r = one(cname, argv, prefix)
+            print(f"warm-up {cname}: {r['figures'] or r['error']}", flush=True)
         for rnd in range(args.rounds):
             for cname, argv, prefix in (contenders if rnd % 2 == 0 else contenders[::-1]):
-                confine = peer_cpus.peer_prefix(args.peer_cpus) if cname == PEER else ()
-                r = run_once(suite, cname, argv, (*confine, *prefix), args.timeout)
+                r = one(cname, argv, prefix)
                 r["round"] = rnd
                 runs.append(r)
                 print(f"round {rnd} {cname}: {r['figures'] or r['error']}", flush=True)
